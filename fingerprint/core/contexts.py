@@ -1,0 +1,105 @@
+"""The context convention shared by every PRF, the watermark and the detector.
+
+The value of a candidate token ``v`` at position ``t`` of a sequence ``x`` depends on the
+*window* ``(x[t-h], ..., x[t-1])`` (oldest first) of the ``h`` tokens before it:
+
+* positions before the start of the sequence read as :data:`PAD` (``-1``), as in vLLM;
+* a token whose ``mask`` entry is false (left or right padding, or a token the caller wants
+  hidden) reads as :data:`PAD` in every later window, and its own value is not computed (NaN);
+* when a prompt is known, pass ``prompt + completion`` as one sequence and keep only the
+  completion's values: its first windows then reach into the prompt, as they did at generation.
+  Scoring a completion alone pads its first windows with ``-1`` (vLLM's detector convention).
+
+Token ids are non-negative integers below ``2**31`` (and below the vocabulary size when known).
+On the wire every window entry is a 32-bit word: ``-1`` becomes ``0xFFFFFFFF``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fingerprint.errors import ConfigError, ShapeError, TokenIdError
+
+PAD = -1
+MAX_CONTEXT_WIDTH = 64
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def check_context_width(h: object) -> int:
+    """Validate a context width (an int in 1..64)."""
+    if isinstance(h, bool) or not isinstance(h, int | np.integer):
+        raise ConfigError(f"context width must be an integer, got {type(h).__name__}")
+    if not 1 <= int(h) <= MAX_CONTEXT_WIDTH:
+        raise ConfigError(f"context width must be between 1 and {MAX_CONTEXT_WIDTH}, got {h}")
+    return int(h)
+
+
+def max_token_id(vocab_size: int | None) -> int:
+    """The largest token id accepted for a vocabulary of ``vocab_size`` (None: any 31-bit id)."""
+    if vocab_size is None:
+        return MAX_TOKEN_ID
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer):
+        raise ConfigError(f"vocab_size must be an integer, got {type(vocab_size).__name__}")
+    if not 1 <= int(vocab_size) <= MAX_TOKEN_ID + 1:
+        raise ConfigError(f"vocab_size must be between 1 and 2**31, got {vocab_size}")
+    return int(vocab_size) - 1
+
+
+def check_integer_dtype(dtype: object, what: str) -> None:
+    """Refuse floats, bools and anything else that is not a plain integer dtype."""
+    kind = getattr(dtype, "kind", None)
+    if kind is None:  # a torch dtype
+        name = str(dtype)
+        ok = any(name.endswith(t) for t in ("int8", "int16", "int32", "int64", "uint8"))
+        ok = ok and "uint16" not in name and "uint32" not in name and "uint64" not in name
+    else:
+        ok = kind in "iu" and np.dtype(dtype).itemsize <= 8
+    if not ok:
+        raise TokenIdError(
+            f"{what} must be an integer array (int32 or int64), got dtype {dtype}; "
+            "convert token ids with .astype(np.int64) / .long() first"
+        )
+
+
+def as_token_matrix(tokens: np.ndarray, what: str = "tokens") -> np.ndarray:
+    """A C-contiguous int64 [B, T] view or copy of a 1-D or 2-D integer array."""
+    arr = np.asarray(tokens)
+    check_integer_dtype(arr.dtype, what)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ShapeError(f"{what} must have shape [T] or [B, T], got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def windows(tokens: np.ndarray, context_width: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Materialize every position's window: int64 [B, T, h], oldest first, padded with -1.
+
+    This is the reference statement of the convention (and what the dedup logic keys on); the
+    fused kernels compute the same windows on the fly without materializing them.
+    """
+    h = check_context_width(context_width)
+    x = as_token_matrix(tokens)
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.ndim == 1:
+            m = m[None, :]
+        if m.shape != x.shape:
+            raise ShapeError(f"mask shape {m.shape} does not match tokens shape {x.shape}")
+        x = np.where(m, x, PAD)
+    b, t = x.shape
+    padded = np.concatenate([np.full((b, h), PAD, dtype=np.int64), x], axis=1)
+    view = np.lib.stride_tricks.sliding_window_view(padded, h, axis=1)
+    return np.ascontiguousarray(view[:, :t, :])
+
+
+__all__ = [
+    "MAX_CONTEXT_WIDTH",
+    "MAX_TOKEN_ID",
+    "PAD",
+    "as_token_matrix",
+    "check_context_width",
+    "check_integer_dtype",
+    "max_token_id",
+    "windows",
+]
