@@ -39,7 +39,7 @@ def spec_vectors() -> dict:
     return json.loads(block.group(1))
 
 
-# -- spec and compatibility vectors --------------------------------------------------------------
+# -- spec and compatibility vectors  ----------
 def test_siphash_reference_vectors_of_its_authors() -> None:
     key = bytes(range(16))
     assert siphash24(key, b"") == 0x726FDB47DD0E0E31
@@ -102,7 +102,7 @@ def test_vllm_philox_prf_cases(vllm_vectors) -> None:
         assert np.array_equal(row[0, tok], expected)
 
 
-# -- backends agree bit for bit -------------------------------------------------------------------
+# -- backends agree bit for bit  ----------
 @st.composite
 def token_batches(draw):
     b = draw(st.integers(1, 3))
@@ -216,7 +216,7 @@ def test_keys_schemes_and_prfs_give_independent_values() -> None:
         assert np.mean(base == o) < 0.01
 
 
-# -- statistical quality ----------------------------------------------------------------------------
+# -- statistical quality  ----------
 @pytest.mark.parametrize("name", PRFS)
 def test_uniformity_and_adjacent_independence(name) -> None:
     """1e6 values: KS and chi-square against U(0, 1); adjacent pairs are independent."""
@@ -258,7 +258,7 @@ def test_green_probability_is_exact(name) -> None:
         cls.green_probability(1.0)
 
 
-# -- bad input ---------------------------------------------------------------------------------------
+# -- bad input  ----------
 @pytest.mark.parametrize("name", PRFS)
 def test_bad_inputs_get_typed_errors(name) -> None:
     prf = get_prf(name, KEY)
@@ -320,7 +320,7 @@ def test_prf_registry_and_repr_hide_key() -> None:
         pickle.dumps(prf)
 
 
-# -- CUDA ------------------------------------------------------------------------------------------
+# -- CUDA  ----------
 @pytest.mark.cuda
 @pytest.mark.skipif(not has_cuda(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", PRFS)

@@ -93,6 +93,98 @@ def windows(tokens: np.ndarray, context_width: int, mask: np.ndarray | None = No
     return np.ascontiguousarray(view[:, :t, :])
 
 
+
+
+# -- tuple keys: what dedup compares ------------------------------------------------------------
+import numba as nb  # noqa: E402
+
+_U64 = np.uint64
+_M32 = _U64(0xFFFFFFFF)
+
+
+@nb.njit(inline="always")
+def _fmix(z: object) -> object:
+    z ^= z >> _U64(33)
+    z *= _U64(0xFF51AFD7ED558CCD)
+    z ^= z >> _U64(33)
+    z *= _U64(0xC4CEB9FE1A85EC53)
+    return z ^ (z >> _U64(33))
+
+
+@nb.njit(inline="always")
+def _key_at(x, cand, valid, b, t, h, with_token, checked):
+    n_words = h + (1 if with_token else 0)
+    a = _U64(0)
+    c = _U64(0)
+    s1 = _U64(0x9E3779B97F4A7C15)
+    s2 = _U64(0xD1B54A32D192ED03)
+    for k in range(n_words):
+        if k < h:
+            p = t - h + k
+            w = _M32
+            if (not checked or p >= 0) and (valid is None or valid[b, p]):
+                w = _U64(x[b, p]) & _M32
+        else:
+            w = _U64(cand[b, t]) & _M32
+        if n_words <= 4:  # exact: the words themselves, packed
+            if k < 2:
+                a |= w << _U64(32 * k)
+            else:
+                c |= w << _U64(32 * (k - 2))
+        else:  # two independent 64-bit chains: a 128-bit hash
+            s1 = _fmix(s1 ^ (w + _U64(k) * _U64(0x100000001)))
+            s2 = _fmix(s2 + (w ^ (_U64(k) << _U64(40))))
+    if n_words > 4:
+        a = _fmix(s1 ^ _U64(n_words))
+        c = _fmix(s2 + _U64(n_words))
+    return a, c
+
+
+@nb.njit(parallel=True, cache=True)
+def _tuple_keys_kernel(x, cand, valid, hspec, with_token, hi, lo):
+    h = len(hspec)
+    n_rows, n_pos = x.shape
+    seg = 1 << 15
+    n_seg = (n_pos + seg - 1) // seg
+    for item in nb.prange(n_rows * n_seg):
+        b = item // n_seg
+        t0 = (item % n_seg) * seg
+        t1 = min(n_pos, t0 + seg)
+        for t in range(t0, min(t1, h)):
+            hi[b, t], lo[b, t] = _key_at(x, cand, valid, b, t, h, with_token, True)
+        for t in range(max(t0, h), t1):
+            hi[b, t], lo[b, t] = _key_at(x, cand, valid, b, t, h, with_token, False)
+
+
+def tuple_keys(
+    tokens: np.ndarray,
+    context_width: int,
+    *,
+    with_token: bool = True,
+    mask: np.ndarray | None = None,
+    candidates: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """128-bit keys (hi, lo) [B, T] identifying each position's (window, token) or window alone.
+
+    Two positions get equal keys exactly when their windows (and tokens) are equal, under the
+    window convention of this module. Up to four 32-bit words (``h + 1 <= 4`` with the token,
+    ``h <= 4`` without) are packed as they are, so equality is exact; longer tuples are hashed to
+    128 bits, where two different tuples collide with probability about ``2**-128`` per pair.
+    """
+    h = check_context_width(context_width)
+    x = as_token_matrix(tokens)
+    cand = x if candidates is None else as_token_matrix(candidates, "candidates")
+    valid = None if mask is None else np.ascontiguousarray(np.asarray(mask, dtype=bool))
+    if valid is not None and valid.ndim == 1:
+        valid = valid[None, :]
+    if cand.shape != x.shape or (valid is not None and valid.shape != x.shape):
+        raise ShapeError("tokens, candidates and mask must have the same shape")
+    hi = np.empty(x.shape, dtype=np.uint64)
+    lo = np.empty(x.shape, dtype=np.uint64)
+    _tuple_keys_kernel(x, cand, valid, (0,) * h, with_token, hi, lo)
+    return hi, lo
+
+
 __all__ = [
     "MAX_CONTEXT_WIDTH",
     "MAX_TOKEN_ID",
@@ -101,5 +193,6 @@ __all__ = [
     "check_context_width",
     "check_integer_dtype",
     "max_token_id",
+    "tuple_keys",
     "windows",
 ]

@@ -1,0 +1,349 @@
+"""The watermark detector: token ids in, an exact hypothesis test out.
+
+    det = Detector(key, DetectorConfig(scheme="kgw", gamma=0.25, context_width=2))
+    res = det.detect(list_of_token_id_arrays)          # or det.detect_text(text, tokenizer)
+    res.pvalue, res.log10_pvalue, res.n_scored, res.n_green
+
+Flow: token ids -> windows (``core``) -> which positions count (:mod:`.tuples`: prompt, dedup)
+-> uniforms (``core``) -> sufficient statistics -> exact test (:mod:`fingerprint.stats`).
+Sufficient statistics add up, so a corpus can be fed in any number of batches: with one shared
+:class:`DetectionState`, dedup and the statistics are global to the corpus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from fingerprint import stats
+from fingerprint.core import DEFAULT_PRF, get_prf
+from fingerprint.core.contexts import check_context_width
+from fingerprint.detect.tuples import DedupPolicy, TupleSet, check_dedup, select_positions
+from fingerprint.errors import ConfigError, InputError
+from fingerprint.keys import WatermarkKey, as_key, vllm_derived_key
+
+Scheme = Literal["kgw", "gumbel", "dual_key_gumbel"]
+SCHEMES: tuple[str, ...] = ("kgw", "gumbel", "dual_key_gumbel")
+DEFAULT_DEDUP: dict[str, DedupPolicy] = {"kgw": "tuple", "gumbel": "context",
+                                         "dual_key_gumbel": "context"}
+DEFAULT_CONTEXT_WIDTH: dict[str, int] = {"kgw": 2, "gumbel": 4, "dual_key_gumbel": 4}
+ROW_BATCH = 1 << 22  # tokens per internal batch: bounds memory on large corpora
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The public configuration of a detection test. Never holds the key.
+
+    ``dedup=None`` takes the scheme's default from the literature: each distinct (window, token)
+    once for KGW, each distinct window once for Gumbel (vLLM's ``deduplicate_contexts``).
+    """
+
+    scheme: Scheme = "kgw"
+    prf: str = DEFAULT_PRF
+    context_width: int | None = None
+    gamma: float = 0.25
+    alpha: float = 0.1
+    dedup: DedupPolicy | None = None
+    skip_prompt_windows: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.context_width is None:
+            object.__setattr__(self, "context_width", DEFAULT_CONTEXT_WIDTH[self.scheme])
+        check_context_width(self.context_width)
+        for name in ("gamma", "alpha"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+                raise ConfigError(f"{name} must be a number, got {v!r}")
+        if not 0.0 < self.gamma < 1.0:
+            raise ConfigError(f"gamma must lie strictly between 0 and 1, got {self.gamma}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if self.dedup is None:
+            object.__setattr__(self, "dedup", DEFAULT_DEDUP[self.scheme])
+        check_dedup(self.dedup)
+
+    @property
+    def h(self) -> int:
+        """The context width."""
+        return int(self.context_width)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        """Build from a dict such as a watermark's public config (unknown keys are ignored)."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Sufficient:
+    """Sufficient statistics of a detection test; they add up across batches and shards."""
+
+    n_positions: int = 0  # candidate positions before dedup
+    n_scored: int = 0
+    n_green: int = 0
+    score_sum: float = 0.0
+
+    def __add__(self, other: Sufficient) -> Sufficient:
+        return Sufficient(self.n_positions + other.n_positions, self.n_scored + other.n_scored,
+                          self.n_green + other.n_green, self.score_sum + other.score_sum)
+
+
+@dataclass
+class DetectionState:
+    """What a detection pass carries between batches: the dedup set and running statistics."""
+
+    seen: TupleSet = field(default_factory=TupleSet)
+    suff: Sufficient = field(default_factory=Sufficient)
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """A detection outcome in scipy's style, JSON-serializable through :meth:`to_dict`."""
+
+    statistic: float
+    pvalue: float
+    log10_pvalue: float
+    n_scored: int
+    n_green: int | None
+    score_sum: float | None
+    n_positions: int
+    no_evidence: bool
+    null_hypothesis: str
+    test: str
+    config: dict[str, Any]
+    key_id: str
+    vllm_pvalue: float | None = None
+    zscore: float | None = None
+    token_flags: list[dict[str, Any]] | None = None
+
+    @property
+    def green_rate(self) -> float | None:
+        """Green tokens per scored token (KGW)."""
+        if self.n_green is None or self.n_scored == 0:
+            return None
+        return self.n_green / self.n_scored
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable form."""
+        out = asdict(self)
+        out["green_rate"] = self.green_rate
+        return out
+
+
+class Detector:
+    """Exact watermark tests for one key.
+
+    Null hypothesis of every test: the scored tokens were chosen independently of this key.
+    """
+
+    def __init__(self, key: WatermarkKey | int | str, config: DetectorConfig | None = None,
+                 **overrides: Any) -> None:
+        cfg = config or DetectorConfig()
+        if overrides:
+            cfg = DetectorConfig(**{**cfg.to_dict(), **overrides})
+        self.config = cfg
+        key = as_key(key)
+        self.key_id = key.key_id
+        if cfg.scheme == "dual_key_gumbel":
+            if key.kind == "int64":  # vLLM's derivation of keys A and B
+                self._prfs = [get_prf(cfg.prf, vllm_derived_key(key, d), "gumbel")
+                              for d in (b"key_a", b"key_b")]
+            else:
+                self._prfs = [get_prf(cfg.prf, key, f"dual_key_gumbel/{s}") for s in "ab"]
+        else:
+            self._prfs = [get_prf(cfg.prf, key, cfg.scheme)]
+        self._gamma_exact = self._prfs[0].green_probability(cfg.gamma)
+
+    def __repr__(self) -> str:
+        return f"Detector(key_id={self.key_id!r}, config={self.config})"
+
+    # -- streaming ----------------------------------------------------------------------------
+    def new_state(self) -> DetectionState:
+        """A fresh state: pass it to :meth:`update` for every batch of one corpus."""
+        return DetectionState()
+
+    def update(
+        self,
+        state: DetectionState,
+        tokens: np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        score_from: np.ndarray | Sequence[int] | None = None,
+        candidates: np.ndarray | None = None,
+        vocab_size: int | None = None,
+        return_values: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Score one batch [B, T] into ``state``; optionally return (selected, values) [B, T].
+
+        ``score_from[b]`` is row b's first completion column: earlier (prompt) tokens only feed
+        windows. ``candidates`` scores other tokens in the text's windows (reading-mode audit).
+        """
+        cfg = self.config
+        x = np.asarray(tokens)
+        x = x[None, :] if x.ndim == 1 else x
+        sel = select_positions(
+            x, cfg.h, mask=mask, score_from=score_from, dedup=cfg.dedup, seen=state.seen,
+            candidates=candidates, skip_prompt_windows=cfg.skip_prompt_windows)
+        candidates_sel = None if candidates is None else np.asarray(candidates)
+        values = self._values(x, mask, candidates_sel, vocab_size)
+        n_pos = count_candidates(x, mask, score_from)
+        state.suff = state.suff + self._reduce(values, sel, n_pos)
+        return (sel, values) if return_values else None
+
+    def _values(self, x: np.ndarray, mask: Any, cand: Any, vocab_size: int | None) -> np.ndarray:
+        """Per-position score contributions: uniforms (KGW) or -log(1 - u) (Gumbel)."""
+        us = [p.score(x, self.config.h, mask=mask, candidates=cand, vocab_size=vocab_size)
+              for p in self._prfs]
+        if self.config.scheme == "kgw":
+            return us[0]
+        scores = [-np.log1p(-u.astype(np.float64)) for u in us]
+        if self.config.scheme == "gumbel":
+            return scores[0]
+        a = self.config.alpha
+        return (1.0 - a) * scores[0] + a * scores[1]
+
+    def _reduce(self, values: np.ndarray, sel: np.ndarray, n_pos: int) -> Sufficient:
+        v = values[sel]
+        if self.config.scheme == "kgw":
+            return Sufficient(n_pos, int(v.size), int(np.count_nonzero(v < self.config.gamma)))
+        return Sufficient(n_pos, int(v.size), 0, float(np.sum(v, dtype=np.float64)))
+
+    def result(self, state: DetectionState | Sufficient) -> DetectionResult:
+        """The exact test on everything fed into ``state`` so far."""
+        s = state.suff if isinstance(state, DetectionState) else state
+        return self.test(s)
+
+    def test(self, s: Sufficient, token_flags: list[dict[str, Any]] | None = None
+             ) -> DetectionResult:
+        """The exact test for given sufficient statistics."""
+        cfg = self.config
+        extra: dict[str, Any] = {}
+        if cfg.scheme == "kgw":
+            r = stats.binomial_test(s.n_green, s.n_scored, self._gamma_exact)
+            extra["zscore"] = r.zscore
+        elif cfg.scheme == "gumbel":
+            r = stats.gumbel_test(s.score_sum, s.n_scored)
+            extra["vllm_pvalue"] = stats.vllm_compat_pvalue(s.score_sum, s.n_scored, 0.0) \
+                if s.n_scored else 1.0
+        else:
+            r = stats.dual_key_gumbel_test(s.score_sum, s.n_scored, cfg.alpha)
+            extra["vllm_pvalue"] = r.vllm_pvalue
+        return DetectionResult(
+            statistic=r.statistic, pvalue=r.pvalue, log10_pvalue=r.log10_pvalue,
+            n_scored=s.n_scored, n_green=s.n_green if cfg.scheme == "kgw" else None,
+            score_sum=None if cfg.scheme == "kgw" else s.score_sum,
+            n_positions=s.n_positions, no_evidence=r.no_evidence,
+            null_hypothesis=r.null_hypothesis, test=r.test, config=cfg.to_dict(),
+            key_id=self.key_id, token_flags=token_flags, **extra)
+
+    # -- convenience --------------------------------------------------------------------------
+    def detect(
+        self,
+        sequences: Iterable[Sequence[int] | np.ndarray] | np.ndarray,
+        *,
+        prompts: Iterable[Sequence[int] | np.ndarray] | None = None,
+        vocab_size: int | None = None,
+        flags: bool = False,
+    ) -> DetectionResult:
+        """Test a corpus of token-id sequences (completions), deduplicated globally.
+
+        With ``prompts`` (one per sequence), windows of the first completion tokens reach into
+        the prompt, as at generation; without, they are padded with -1 (vLLM's convention).
+        ``flags=True`` adds per-token flags (for a single short text: highlighting).
+        """
+        seqs = as_sequences(sequences, "sequences")
+        proms = None if prompts is None else as_sequences(prompts, "prompts")
+        if proms is not None and len(proms) != len(seqs):
+            raise InputError(f"got {len(proms)} prompts for {len(seqs)} sequences")
+        state = self.new_state()
+        token_flags: list[dict[str, Any]] = [] if flags else None  # type: ignore[assignment]
+        for x, mask, start in pack_batches(seqs, proms):
+            out = self.update(state, x, mask=mask, score_from=start, vocab_size=vocab_size,
+                              return_values=flags)
+            if flags and out is not None:
+                token_flags.extend(self._flags(x, mask, start, *out))
+        return self.test(state.suff, token_flags)
+
+    def _flags(self, x: np.ndarray, mask: np.ndarray, start: np.ndarray, sel: np.ndarray,
+               values: np.ndarray) -> list[dict[str, Any]]:
+        out = []
+        for r in range(x.shape[0]):
+            cols = np.nonzero(mask[r])[0]
+            cols = cols[cols >= start[r]]
+            for i, c in enumerate(cols):
+                v = float(values[r, c])
+                item: dict[str, Any] = {"index": i, "token": int(x[r, c]),
+                                        "scored": bool(sel[r, c])}
+                if self.config.scheme == "kgw":
+                    item["green"] = v < self.config.gamma
+                else:
+                    item["score"] = v
+                out.append(item)
+        return out
+
+
+def as_sequences(seqs: Any, what: str) -> list[np.ndarray]:
+    if isinstance(seqs, np.ndarray) and seqs.ndim == 2:
+        return [row for row in seqs]
+    if isinstance(seqs, np.ndarray) and seqs.ndim == 1 and seqs.dtype != object:
+        return [seqs]
+    out = []
+    for i, s in enumerate(seqs):
+        a = np.asarray(s)
+        if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+            raise InputError(f"{what}[{i}] must be a 1-D sequence of integer token ids")
+        out.append(a.astype(np.int64, copy=False))
+    return out
+
+
+def pack_batches(seqs: list[np.ndarray], prompts: list[np.ndarray] | None):
+    """Right-padded [B, T] batches of prompt+completion with masks and completion starts."""
+    i = 0
+    while i < len(seqs):
+        rows, total = [], 0
+        while i < len(seqs) and (not rows or total < ROW_BATCH):
+            p = prompts[i] if prompts is not None else np.empty(0, dtype=np.int64)
+            rows.append((p, seqs[i]))
+            total += len(p) + len(seqs[i])
+            i += 1
+        width = max(len(p) + len(s) for p, s in rows)
+        x = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
+        mask = np.zeros_like(x, dtype=bool)
+        start = np.zeros(len(rows), dtype=np.int64)
+        for r, (p, s) in enumerate(rows):
+            n = len(p) + len(s)
+            x[r, : len(p)] = p
+            x[r, len(p) : n] = s
+            mask[r, :n] = True
+            start[r] = len(p)
+        yield x, mask, start
+
+
+def count_candidates(x: np.ndarray, mask: Any, score_from: Any) -> int:
+    m = np.ones(x.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    m = m[None, :] if m.ndim == 1 else m
+    if score_from is not None:
+        m = m & (np.arange(x.shape[1])[None, :] >= np.asarray(score_from).reshape(-1, 1))
+    return int(m.sum())
+
+
+__all__ = [
+    "DEFAULT_CONTEXT_WIDTH",
+    "DEFAULT_DEDUP",
+    "SCHEMES",
+    "DetectionResult",
+    "DetectionState",
+    "Detector",
+    "DetectorConfig",
+    "Sufficient",
+]
