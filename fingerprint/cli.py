@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--tokens", type=int, default=4000, help="human-text tokens to score")
     p.set_defaults(func=_cmd_demo)
+
+    from fingerprint.cli_detect import add_parsers as add_detect_parsers
+
+    add_detect_parsers(sub)
     return parser
 
 

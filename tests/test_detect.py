@@ -191,3 +191,129 @@ def test_calibration_on_unwatermarked_tiny_model_generations(tiny_model) -> None
     rep = calibrate(list(gens), DetectorConfig(scheme="kgw", context_width=1),
                     prompts=list(prompts.numpy()), n_keys=500, seed=3)
     assert rep.summary.alpha_inside[0] and rep.summary.ks_pvalue > 0.01
+
+
+# -- windows, several keys, text, files ------------------------------------------------------------
+def _green_walk(prf, start: int, n: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    seq = [start]
+    for _ in range(n):
+        green = np.flatnonzero(prf.row(np.array([[seq[-1]]]), 49152)[0] < 0.25)
+        seq.append(int(rng.choice(green)))
+    return seq[1:]
+
+
+def test_windowed_finds_the_watermarked_paragraph(default_tokenizer) -> None:
+    from fingerprint.detect.windowed import detect_windowed
+
+    human = human_ids(default_tokenizer, 30_000)
+    wm = _green_walk(get_prf("siphash", KEY, "kgw"), int(human[999]), 150)
+    text = np.concatenate([human[:1000], wm, human[1000:2500]])
+    det = Detector(KEY, scheme="kgw", context_width=1)
+    r = detect_windowed(det, text, min_size=32)
+    assert r.log10_pvalue < r.whole.log10_pvalue  # the window beats the diluted whole text
+    assert r.log10_pvalue < -40
+    assert r.start >= 950 and r.end <= 1200  # the window sits on the watermarked span
+    assert r.log10_pvalue == pytest.approx(r.best_log10_pvalue + np.log10(r.n_windows))
+    assert "bonferroni" in r.correction
+    null = detect_windowed(det, human[:3000], min_size=32)
+    assert null.log10_pvalue > -3  # the search is corrected: human text stays unremarkable
+
+
+def test_multikey_reports_the_matching_key(default_tokenizer) -> None:
+    from fingerprint.detect.multikey import detect_multikey
+
+    keys = [WatermarkKey.generate() for _ in range(4)] + [KEY]
+    wm = _green_walk(get_prf("siphash", KEY, "kgw"), 5, 200)
+    r = detect_multikey(keys, [wm], DetectorConfig(scheme="kgw", context_width=1))
+    assert r.best_index == 4 and r.best_key_id == KEY.key_id
+    assert r.log10_pvalue == pytest.approx(r.results[4].log10_pvalue + np.log10(5))
+    assert r.sidak_log10_pvalue <= r.log10_pvalue
+    assert all(res.log10_pvalue > -4 for res in r.results[:4])
+
+
+def test_text_detection_with_offsets_and_evasion(default_tokenizer) -> None:
+    from fingerprint.detect.normalize import NormalizeConfig
+    from fingerprint.detect.text import detect_text, encode_text
+
+    tok = default_tokenizer
+    wm_ids = _green_walk(get_prf("siphash", KEY, "kgw"), 13, 120, seed=5)
+    text = tok.decode(wm_ids)
+    det = Detector(KEY, scheme="kgw", context_width=1)
+    clean = detect_text(det, text, tok)
+    assert clean.log10_pvalue < -20
+    spans = [(f["start"], f["end"]) for f in clean.token_flags]
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    # zero-width characters between letters: undone by normalization, not without it
+    attacked = "\u200b".join(text)
+    raw = detect_text(det, attacked, tok, normalize=NormalizeConfig(form="none",
+                                                                    strip_invisible=False))
+    fixed = detect_text(det, attacked, tok)
+    assert raw.log10_pvalue > -3
+    assert fixed.log10_pvalue == pytest.approx(clean.log10_pvalue)
+    assert fixed.token_flags[-1]["end"] == len(attacked)
+    with pytest.raises(InputError):
+        encode_text("   ", tok)
+    with pytest.raises(InputError):
+        encode_text(b"bytes", tok)  # type: ignore[arg-type]
+
+
+def test_corpus_files_and_broken_rows(tmp_path, default_tokenizer) -> None:
+    import json
+
+    from fingerprint.detect.corpus import CorpusReader, detect_corpus
+
+    wm = _green_walk(get_prf("siphash", KEY, "kgw"), 5, 300)
+    lines = [json.dumps({"completion_token_ids": wm[i:i + 50]}) for i in range(0, 300, 50)]
+    lines.insert(2, "{not json")
+    lines.insert(4, json.dumps({"completion_token_ids": [1, "a"]}))
+    lines.append(json.dumps({"other": 1}))
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    reader = CorpusReader([path])
+    det = Detector(KEY, scheme="kgw", context_width=1)
+    res, skipped = detect_corpus(det, reader)
+    assert [s.row for s in skipped] == [3, 5, 9]
+    assert res.n_positions == 300 and res.log10_pvalue < -100
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"completion_token_ids": [wm[i:i + 50] for i in range(0, 300, 50)]}),
+                   tmp_path / "c.parquet")
+    res_pq, sk = detect_corpus(det, CorpusReader([tmp_path / "c.parquet"]))
+    assert not sk and res_pq.n_scored == res.n_scored and res_pq.n_green == res.n_green
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(InputError, match=r"bad\.parquet"):
+        detect_corpus(det, CorpusReader([tmp_path / "bad.parquet"]))
+    (tmp_path / "bad.txt").write_bytes(b"caf\xc3 ok")
+    with pytest.raises(InputError, match="UTF-8"):
+        detect_corpus(det, CorpusReader([tmp_path / "bad.txt"]), tokenizer=default_tokenizer)
+
+
+def test_cli_detect_and_calibrate(tmp_path, capsys) -> None:
+    import json
+
+    from fingerprint.cli import main
+
+    key_path = KEY.save(tmp_path / "k.key")
+    other = WatermarkKey.generate().save(tmp_path / "o.key")
+    wm = _green_walk(get_prf("siphash", KEY, "kgw"), 5, 200)
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"completion_token_ids": wm}) + "\n")
+    out = tmp_path / "r.json"
+    assert main(["detect", str(path), "--key", str(other), "--key", str(key_path),
+                 "--context-width", "1", "--out", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert data["best_key_id"] == KEY.key_id
+    assert data["family_wise_log10_pvalue"] < -50
+    assert KEY.key_id in capsys.readouterr().out
+    assert main(["detect", str(path), "--context-width", "1"]) == 2  # no key: a clear error
+    assert "--key" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    null = tmp_path / "null.jsonl"
+    null.write_text("".join(json.dumps({"token_ids": rng.integers(0, 49152, 100).tolist()}) + "\n"
+                            for _ in range(50)))
+    assert main(["calibrate", str(null), "--n-keys", "200", "--out", str(tmp_path / "c.json")]) \
+        in (0, 1)
+    cal = json.loads((tmp_path / "c.json").read_text())
+    assert cal["n_keys"] == 200 and len(cal["log10_pvalues"]) == 200

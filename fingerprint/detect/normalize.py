@@ -36,6 +36,7 @@ Nothing here is a hand-written list of characters:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.util
 import json
@@ -244,7 +245,9 @@ def original_span(
     ``offsets`` and ``original_length`` come from :func:`normalize_with_offsets` and the
     original text. The result starts at the source of ``start`` and ends where the source of
     ``end`` starts (or at the end of the original text), so it also covers characters that were
-    removed inside the span. An empty span maps to an empty span.
+    removed inside the span. A span that ends inside the output of one source character (``f``
+    of the ligature U+FB01 -> ``fi``) covers that whole character. An empty span maps to an
+    empty span.
     """
     n = len(offsets)
     if not (0 <= start <= end <= n):
@@ -252,8 +255,12 @@ def original_span(
     if start == end:
         position = offsets[start] if start < n else original_length
         return position, position
+    begin = offsets[start]
     stop = offsets[end] if end < n else original_length
-    return offsets[start], stop
+    if stop == begin:
+        following = bisect.bisect_right(offsets, begin, lo=end)
+        stop = offsets[following] if following < n else original_length
+    return begin, stop
 
 
 def homoglyph_table() -> dict[str, str]:

@@ -1,0 +1,195 @@
+"""``fingerprint detect`` and ``fingerprint calibrate``: command-line detection on files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus
+from fingerprint.detect.detector import SCHEMES, Detector, DetectorConfig
+from fingerprint.detect.normalize import NormalizeConfig
+from fingerprint.detect.text import encode_text
+from fingerprint.detect.tuples import DEDUP_POLICIES
+from fingerprint.errors import ConfigError, InputError
+from fingerprint.keys import WatermarkKey
+
+
+def _add_test_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help=".txt, .jsonl or .parquet files")
+    p.add_argument("--scheme", choices=SCHEMES, default="kgw")
+    p.add_argument("--prf", default="siphash24-v1", help="siphash24-v1 (default) or philox")
+    p.add_argument("--gamma", type=float, default=0.25, help="KGW green fraction")
+    p.add_argument("--alpha", type=float, default=0.1, help="dual-key Gumbel weight of key B")
+    p.add_argument("--context-width", type=int, default=None, help="h (default per scheme)")
+    p.add_argument("--dedup", choices=DEDUP_POLICIES, default=None,
+                   help="tuple (KGW default), context (Gumbel default), or none")
+    p.add_argument("--skip-prompt-windows", action="store_true",
+                   help="do not score completion windows that occur in the prompt")
+    p.add_argument("--tokenizer", default="default",
+                   help="tokenizer for text inputs: 'default' (SmolLM2) or a local path")
+    p.add_argument("--normalize", choices=("NFC", "NFKC", "none"), default="NFC")
+    p.add_argument("--homoglyphs", action="store_true", help="map confusable characters")
+    p.add_argument("--text-field", default=None)
+    p.add_argument("--ids-field", default=None)
+    p.add_argument("--prompt-ids-field", default=None)
+    p.add_argument("--out", default=None, help="write the JSON result here")
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``detect`` and ``calibrate`` on the main parser's subparsers."""
+    p = sub.add_parser("detect", help="test texts or token ids for a watermark key")
+    _add_test_options(p)
+    p.add_argument("--key", action="append", default=[],
+                   help="key file (repeat for several keys: best key, corrected p)")
+    p.add_argument("--int-key", type=int, action="append", default=[],
+                   help="a vLLM integer key (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("calibrate", help="p-values under many random keys: empirical FPR, KS")
+    _add_test_options(p)
+    p.add_argument("--n-keys", type=int, default=500)
+    p.add_argument("--alpha-levels", type=float, nargs="+", default=[0.01, 0.05])
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _config(args: argparse.Namespace) -> DetectorConfig:
+    return DetectorConfig(scheme=args.scheme, prf=args.prf, gamma=args.gamma, alpha=args.alpha,
+                          context_width=args.context_width, dedup=args.dedup,
+                          skip_prompt_windows=args.skip_prompt_windows)
+
+
+def _keys(args: argparse.Namespace) -> list[WatermarkKey]:
+    keys = [WatermarkKey.load(k) for k in args.key]
+    keys += [WatermarkKey.from_int(k) for k in args.int_key]
+    if not keys:
+        raise ConfigError("give the watermark key: --key key.file (or --int-key N for vLLM)")
+    return keys
+
+
+def _tokenizer(spec: str) -> Any:
+    if spec == "default":
+        from fingerprint.models import load_default_tokenizer
+
+        return load_default_tokenizer()
+    from transformers import AutoTokenizer
+
+    if not Path(spec).exists():
+        raise ConfigError(f"tokenizer {spec!r} is not a local path (nothing is downloaded)")
+    return AutoTokenizer.from_pretrained(spec, local_files_only=True)
+
+
+def _reader(args: argparse.Namespace) -> CorpusReader:
+    return CorpusReader([Path(p) for p in args.inputs], text_field=args.text_field,
+                        ids_field=args.ids_field, prompt_ids_field=args.prompt_ids_field)
+
+
+def _normalize(args: argparse.Namespace) -> NormalizeConfig:
+    return NormalizeConfig(form=args.normalize, homoglyphs=args.homoglyphs)
+
+
+class _LazyTokenizer:
+    """Loads the tokenizer only if a text record shows up."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._tok: Any = None
+
+    def get(self) -> Any:
+        if self._tok is None:
+            self._tok = _tokenizer(self.spec)
+        return self._tok
+
+    def __call__(self, *a: Any, **k: Any) -> Any:
+        return self.get()(*a, **k)
+
+    def __len__(self) -> int:
+        return len(self.get())
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return list(self.get().all_special_ids)
+
+
+def _print_skipped(skipped: list[Skipped]) -> None:
+    for s in skipped[:20]:
+        print(f"skipped {s.source} row {s.row}: {s.reason}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"... and {len(skipped) - 20} more skipped rows", file=sys.stderr)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Run the exact test on the inputs, print a table, write JSON."""
+    cfg = _config(args)
+    keys = _keys(args)
+    tok = _LazyTokenizer(args.tokenizer)
+    rows = []
+    skipped: list[Skipped] = []
+    for key in keys:
+        reader = _reader(args)
+        res, skipped = detect_corpus(Detector(key, cfg), reader, tokenizer=tok,
+                                     normalize=_normalize(args), progress=not args.quiet)
+        rows.append(res)
+    best = int(np.argmin([r.log10_pvalue for r in rows]))
+    from fingerprint import stats
+
+    corrected = stats.combine_bonferroni_log10(rows[best].log10_pvalue, len(rows))
+    print(f"\n{'key id':<38}{'scored':>10}{'statistic':>14}{'log10 p':>12}{'p':>12}")
+    for r in rows:
+        print(f"{r.key_id:<38}{r.n_scored:>10}{r.statistic:>14.4g}{r.log10_pvalue:>12.3f}"
+              f"{r.pvalue:>12.3g}")
+    if len(rows) > 1:
+        print(f"best key {rows[best].key_id}: family-wise (Bonferroni, {len(rows)} keys) "
+              f"log10 p = {corrected:.3f}")
+    print(f"H0: {rows[best].null_hypothesis}")
+    if rows[best].no_evidence:
+        print("no evidence: nothing was scored")
+    _print_skipped(skipped)
+    out = {"config": cfg.to_dict(), "results": [r.to_dict() for r in rows],
+           "best_key_id": rows[best].key_id, "family_wise_log10_pvalue": corrected,
+           "skipped": [vars(s) for s in skipped]}
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Score the inputs under random keys; report empirical FPR and KS."""
+    from fingerprint.detect.calibrate import calibrate
+
+    cfg = _config(args)
+    reader = _reader(args)
+    tok = _LazyTokenizer(args.tokenizer)
+    seqs, proms = [], []
+    for rec in reader:
+        try:
+            ids = (np.asarray(rec.ids, dtype=np.int64) if rec.ids is not None
+                   else encode_text(rec.text or "", tok, normalize=_normalize(args)).ids)
+        except InputError as err:
+            reader.skipped.append(Skipped(rec.source, rec.row, str(err)))
+            continue
+        seqs.append(ids)
+        proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
+    rep = calibrate(seqs, cfg, prompts=proms, n_keys=args.n_keys,
+                    alphas=tuple(args.alpha_levels), progress=True)
+    s = rep.summary
+    print(f"\n{rep.n_keys} random keys, {rep.n_scored} scored tuples per key")
+    for a, f, (lo, hi), ok in zip(s.alphas, s.fpr, s.fpr_ci, s.alpha_inside, strict=True):
+        print(f"  alpha {a:<6} empirical FPR {f:.4f}  99% CI [{lo:.4f}, {hi:.4f}]  "
+              f"{'ok' if ok else 'OUT OF INTERVAL'}")
+    print(f"  KS vs U(0,1): statistic {s.ks_statistic:.4f}, p {s.ks_pvalue:.3g}")
+    print("calibrated" if rep.calibrated else "NOT CALIBRATED: p-values are not uniform")
+    _print_skipped(reader.skipped)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rep.to_dict(), indent=2))
+        print(f"wrote {args.out}")
+    return 0 if rep.calibrated else 1
+
+
+__all__ = ["add_parsers", "cmd_calibrate", "cmd_detect"]

@@ -1,0 +1,192 @@
+"""Corpora on disk: .txt, JSONL and Parquet, as text or token ids, streamed in bounded batches.
+
+A broken row (bad JSON, a missing field, ids that are not integers, invalid UTF-8) never stops a
+run and is never silently dropped: it is recorded as a :class:`Skipped` with its row number and
+reason, and reported with the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fingerprint.detect.detector import DetectionResult, Detector, pack_batches
+from fingerprint.detect.normalize import NormalizeConfig, decode_utf8
+from fingerprint.detect.text import encode_text
+from fingerprint.errors import InputError
+
+TEXT_FIELDS = ("completion", "text", "response", "output")
+IDS_FIELDS = ("completion_token_ids", "token_ids", "ids")
+PROMPT_IDS_FIELDS = ("prompt_token_ids",)
+BATCH_TOKENS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of a corpus: a text or token ids (the completion), and an optional prompt."""
+
+    source: str
+    row: int  # 1-based line (JSONL) or row (Parquet) number
+    text: str | None = None
+    ids: list[int] | None = None
+    prompt_ids: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row that could not be used, and why."""
+
+    source: str
+    row: int
+    reason: str
+
+
+@dataclass
+class CorpusReader:
+    """Iterate over the records of one or more files; ``skipped`` fills up as it goes."""
+
+    paths: list[Path]
+    text_field: str | None = None
+    ids_field: str | None = None
+    prompt_ids_field: str | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Record]:
+        for path in self.paths:
+            if not path.exists():
+                raise InputError(f"input file {path} does not exist")
+            suffix = path.suffix.lower()
+            if suffix == ".jsonl":
+                yield from self._jsonl(path)
+            elif suffix == ".parquet":
+                yield from self._parquet(path)
+            elif suffix in (".txt", ".md", ""):
+                yield Record(str(path), 1, text=decode_utf8(path.read_bytes()))
+            else:
+                raise InputError(f"{path}: unknown format {suffix!r}; use .txt, .jsonl or .parquet")
+
+    def _row(self, source: str, row: int, obj: Any) -> Record | None:
+        if not isinstance(obj, dict):
+            self.skipped.append(Skipped(source, row, "not a JSON object"))
+            return None
+        ids_f = self.ids_field or next((f for f in IDS_FIELDS if f in obj), None)
+        text_f = self.text_field or next((f for f in TEXT_FIELDS if f in obj), None)
+        if self.text_field is None and self.ids_field is None and ids_f and text_f:
+            text_f = None  # ids are exact; prefer them over re-tokenizing text
+        pr_f = self.prompt_ids_field or next((f for f in PROMPT_IDS_FIELDS if f in obj), None)
+        prompt = obj.get(pr_f) if pr_f else None
+        if prompt is not None and not _is_id_list(prompt):
+            self.skipped.append(Skipped(source, row, f"field {pr_f!r} is not a list of ids"))
+            return None
+        if ids_f and ids_f in obj and not text_f:
+            if not _is_id_list(obj[ids_f]):
+                self.skipped.append(Skipped(source, row, f"field {ids_f!r} is not a list of ids"))
+                return None
+            return Record(source, row, ids=list(obj[ids_f]), prompt_ids=prompt)
+        if text_f and isinstance(obj.get(text_f), str):
+            return Record(source, row, text=obj[text_f], prompt_ids=prompt)
+        wanted = self.ids_field or self.text_field or f"one of {IDS_FIELDS + TEXT_FIELDS}"
+        self.skipped.append(Skipped(source, row, f"no usable field {wanted}"))
+        return None
+
+    def _jsonl(self, path: Path) -> Iterator[Record]:
+        with path.open("rb") as f:
+            for row, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(decode_utf8(raw))
+                except (json.JSONDecodeError, InputError) as err:
+                    self.skipped.append(Skipped(str(path), row, f"broken line: {err}"))
+                    continue
+                rec = self._row(str(path), row, obj)
+                if rec is not None:
+                    yield rec
+
+    def _parquet(self, path: Path) -> Iterator[Record]:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as err:  # pragma: no cover
+            raise InputError("reading Parquet needs pyarrow: pip install 'fingerprint[parquet]'"
+                             ) from err
+        try:
+            pf = pq.ParquetFile(path)
+            row = 0
+            for batch in pf.iter_batches(batch_size=4096):
+                for obj in batch.to_pylist():
+                    row += 1
+                    rec = self._row(str(path), row, obj)
+                    if rec is not None:
+                        yield rec
+        except (OSError, ValueError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"{path}: corrupt or unreadable Parquet file ({err})") from None
+
+
+def _is_id_list(v: Any) -> bool:
+    return isinstance(v, list | tuple | np.ndarray) and all(
+        isinstance(t, int | np.integer) and not isinstance(t, bool) for t in v)
+
+
+def detect_corpus(
+    detector: Detector,
+    records: CorpusReader | list[Record],
+    *,
+    tokenizer: Any = None,
+    normalize: NormalizeConfig | None = None,
+    vocab_size: int | None = None,
+    progress: bool = False,
+) -> tuple[DetectionResult, list[Skipped]]:
+    """Test a whole corpus with global dedup, streaming it in bounded batches."""
+    state = detector.new_state()
+    skipped: list[Skipped] = []
+    seqs: list[np.ndarray] = []
+    proms: list[np.ndarray] = []
+    pending = 0
+    n_tokens = 0
+    bar = tqdm(desc="detect", unit="tok", unit_scale=True, disable=not progress)
+
+    def flush() -> None:
+        for x, m, s in pack_batches(seqs, proms):
+            detector.update(state, x, mask=m, score_from=s, vocab_size=vocab_size)
+        seqs.clear()
+        proms.clear()
+
+    for rec in records:
+        if rec.ids is not None:
+            ids = np.asarray(rec.ids, dtype=np.int64)
+        else:
+            if tokenizer is None:
+                raise InputError(f"{rec.source} row {rec.row} is text: give a tokenizer")
+            try:
+                ids = encode_text(rec.text or "", tokenizer, normalize=normalize).ids
+            except InputError as err:
+                skipped.append(Skipped(rec.source, rec.row, str(err)))
+                continue
+        if vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            skipped.append(Skipped(rec.source, rec.row,
+                                   f"token ids outside [0, {vocab_size}): wrong tokenizer?"))
+            continue
+        seqs.append(ids)
+        proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
+        pending += len(ids)
+        n_tokens += len(ids)
+        bar.update(len(ids))
+        if pending >= BATCH_TOKENS:
+            flush()
+            pending = 0
+    flush()
+    bar.close()
+    if isinstance(records, CorpusReader):
+        skipped = records.skipped + skipped
+    return detector.result(state), skipped
+
+
+__all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus"]
