@@ -213,7 +213,7 @@ class Detector:
         return (1.0 - a) * scores[0] + a * scores[1]
 
     def _reduce(self, values: np.ndarray, sel: np.ndarray, n_pos: int) -> Sufficient:
-        v = values[sel]
+        v = values.ravel() if n_pos == sel.size and sel.all() else values[sel]
         if self.config.scheme == "kgw":
             return Sufficient(n_pos, int(v.size), int(np.count_nonzero(v < self.config.gamma)))
         return Sufficient(n_pos, int(v.size), 0, float(np.sum(v, dtype=np.float64)))
@@ -274,8 +274,10 @@ class Detector:
                 token_flags.extend(self._flags(x, mask, start, *out))
         return self.test(state.suff, token_flags)
 
-    def _flags(self, x: np.ndarray, mask: np.ndarray, start: np.ndarray, sel: np.ndarray,
-               values: np.ndarray) -> list[dict[str, Any]]:
+    def _flags(self, x: np.ndarray, mask: np.ndarray | None, start: np.ndarray | None,
+               sel: np.ndarray, values: np.ndarray) -> list[dict[str, Any]]:
+        mask = np.ones(x.shape, dtype=bool) if mask is None else mask
+        start = np.zeros(x.shape[0], dtype=np.int64) if start is None else start
         out = []
         for r in range(x.shape[0]):
             cols = np.nonzero(mask[r])[0]
@@ -306,8 +308,11 @@ def as_sequences(seqs: Any, what: str) -> list[np.ndarray]:
     return out
 
 
-def pack_batches(seqs: list[np.ndarray], prompts: list[np.ndarray] | None):
-    """Right-padded [B, T] batches of prompt+completion with masks and completion starts."""
+def pack_batches(seqs: list[np.ndarray], prompts: list[np.ndarray] | None):  # noqa: ANN201
+    """[B, T] batches of prompt+completion: (tokens, mask or None, completion starts or None).
+
+    Rows are right-padded and masked; a batch of one unprompted sequence is passed as it is.
+    """
     i = 0
     while i < len(seqs):
         rows, total = [], 0
@@ -316,6 +321,9 @@ def pack_batches(seqs: list[np.ndarray], prompts: list[np.ndarray] | None):
             rows.append((p, seqs[i]))
             total += len(p) + len(seqs[i])
             i += 1
+        if len(rows) == 1 and len(rows[0][0]) == 0 and len(rows[0][1]):
+            yield np.ascontiguousarray(rows[0][1], dtype=np.int64)[None, :], None, None
+            continue
         width = max(len(p) + len(s) for p, s in rows)
         x = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
         mask = np.zeros_like(x, dtype=bool)
@@ -330,6 +338,9 @@ def pack_batches(seqs: list[np.ndarray], prompts: list[np.ndarray] | None):
 
 
 def count_candidates(x: np.ndarray, mask: Any, score_from: Any) -> int:
+    """The number of completion positions (before dedup)."""
+    if mask is None and score_from is None:
+        return int(np.asarray(x).size)
     m = np.ones(x.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     m = m[None, :] if m.ndim == 1 else m
     if score_from is not None:

@@ -313,8 +313,8 @@ def _check_config(config: object) -> None:
 # Invisible characters and bidirectional controls
 
 
-@functools.cache
 def _all_code_points() -> str:
+    """Every code point as one string (4 MB; built only while the cached sets are derived)."""
     return "".join(map(chr, range(_ALL_CODE_POINTS_END)))
 
 

@@ -26,7 +26,7 @@ from fingerprint.errors import ConfigError
 
 DedupPolicy = Literal["none", "context", "tuple"]
 DEDUP_POLICIES: tuple[str, ...] = ("none", "context", "tuple")
-_PARTS = 256  # sub-tables; a tuple's sub-table is fixed by its hash, so threads never collide
+_PARTS = 4096  # sub-tables: small enough to stay in cache while a thread fills one
 
 
 def check_dedup(policy: str) -> str:
@@ -54,10 +54,10 @@ def _partition(hi, lo, k_hi, k_lo, origin, starts):
     read them sequentially and touch only their own sub-table.
     """
     n = hi.shape[0]
-    parts = np.empty(n, dtype=np.uint8)
+    parts = np.empty(n, dtype=np.uint16)
     counts = np.zeros(_PARTS, dtype=np.int64)
     for i in range(n):
-        p = np.uint8(_mix(hi[i], lo[i]) & np.uint64(_PARTS - 1))
+        p = np.uint16(_mix(hi[i], lo[i]) & np.uint64(_PARTS - 1))
         parts[i] = p
         counts[p] += 1
     starts[0] = 0
@@ -88,7 +88,7 @@ def _insert(table, zero, counts, k_hi, k_lo, origin, starts, new):
                 new[origin[j]] = not zero[p]
                 zero[p] = True
                 continue
-            slot = np.int64((_mix(a, b) >> np.uint64(8)) & np.uint64(cap - 1))
+            slot = np.int64((_mix(a, b) >> np.uint64(12)) & np.uint64(cap - 1))
             while True:
                 ta = table[p, slot, 0]
                 tb = table[p, slot, 1]
@@ -115,7 +115,7 @@ def _lookup(table, zero, hi, lo, out):
         if a == 0 and b == 0:
             out[i] = zero[p]
             continue
-        slot = np.int64((z >> np.uint64(8)) & np.uint64(cap - 1))
+        slot = np.int64((z >> np.uint64(12)) & np.uint64(cap - 1))
         found = False
         while table[p, slot, 0] != 0 or table[p, slot, 1] != 0:
             if table[p, slot, 0] == a and table[p, slot, 1] == b:
@@ -209,8 +209,11 @@ def select_positions(
     check_dedup(dedup)
     x = np.asarray(tokens)
     x = x[None, :] if x.ndim == 1 else x
-    sel = np.ones(x.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool).copy()
-    sel = sel[None, :] if sel.ndim == 1 else sel
+    if mask is None:
+        sel = np.ones(x.shape, dtype=bool)
+    else:
+        sel = np.array(mask, dtype=bool, copy=True)
+        sel = sel[None, :] if sel.ndim == 1 else sel
     if score_from is not None:
         cols = np.arange(x.shape[1])[None, :]
         start = np.asarray(score_from, dtype=np.int64).reshape(-1, 1)
