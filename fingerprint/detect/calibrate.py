@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from fingerprint import stats
 from fingerprint.detect.detector import (
+    DetectionResult,
     Detector,
     DetectorConfig,
     Sufficient,
@@ -51,6 +52,49 @@ class CalibrationReport:
                 "calibrated": self.calibrated}
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    """One batch of a corpus, ready for scoring under any key: the tuples are fixed.
+
+    ``selected`` marks the positions to score (after prompt handling and dedup, which do not
+    depend on the key); ``candidates`` are the scored tokens when they differ from ``tokens``.
+    """
+
+    tokens: np.ndarray
+    mask: np.ndarray | None
+    selected: np.ndarray
+    candidates: np.ndarray | None = None
+
+
+def results_under_keys(
+    batches: Sequence[ScoredBatch],
+    config: DetectorConfig,
+    keys: Iterable[WatermarkKey],
+    *,
+    n_positions: int = 0,
+    progress: str | None = None,
+) -> list[DetectionResult]:
+    """The exact test of the same tuples under each key (for calibration and audit controls)."""
+    out = []
+    for key in tqdm(list(keys), desc=progress, disable=progress is None):
+        det = Detector(key, config)
+        total = Sufficient()
+        for b in batches:
+            total = total + det._reduce(det._values(b.tokens, b.mask, b.candidates, None),
+                                        b.selected, 0)
+        total.n_positions = n_positions
+        out.append(det.test(total))
+    return out
+
+
+def random_keys(n: int, seed: int | None = None) -> list[WatermarkKey]:
+    """``n`` fresh random keys; a ``seed`` makes them reproducible (for tests and controls)."""
+    if seed is None:
+        return [WatermarkKey.generate() for _ in range(n)]
+    rng = np.random.default_rng(seed)
+    return [WatermarkKey(rng.bytes(32)) for _ in range(n)]
+
+
 def calibrate(
     sequences: Iterable[Sequence[int] | np.ndarray],
     config: DetectorConfig | None = None,
@@ -76,20 +120,14 @@ def calibrate(
                                    skip_prompt_windows=cfg.skip_prompt_windows)
                   for x, m, s in batches]
     n_pos = sum(count_candidates(x, m, s) for x, m, s in batches)
-    rng = np.random.default_rng(seed)
-    logps = []
-    for _ in tqdm(range(n_keys), desc="calibration keys", disable=not progress):
-        key = (WatermarkKey(rng.bytes(32)) if seed is not None else WatermarkKey.generate())
-        det = Detector(key, cfg)
-        total = Sufficient()
-        for (x, m, _), sel in zip(batches, selections, strict=True):
-            total = total + det._reduce(det._values(x, m, None, None), sel, 0)
-        total.n_positions = n_pos
-        logps.append(det.test(total).log10_pvalue)
+    scored = [ScoredBatch(x, m, sel) for (x, m, _), sel in zip(batches, selections, strict=True)]
+    results = results_under_keys(scored, cfg, random_keys(n_keys, seed), n_positions=n_pos,
+                                 progress="calibration keys" if progress else None)
+    logps = [r.log10_pvalue for r in results]
     pvals = [stats.log10_to_pvalue(lp) for lp in logps]
     n_scored = int(sum(int(s.sum()) for s in selections))
     return CalibrationReport(cfg.to_dict(), n_keys, n_scored, logps,
                              stats.calibration_summary(pvals, alphas=tuple(alphas)))
 
 
-__all__ = ["CalibrationReport", "calibrate"]
+__all__ = ["CalibrationReport", "ScoredBatch", "calibrate", "random_keys", "results_under_keys"]

@@ -13,7 +13,7 @@ Sufficient statistics add up, so a corpus can be fed in any number of batches: w
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -180,6 +180,7 @@ class Detector:
         mask: np.ndarray | None = None,
         score_from: np.ndarray | Sequence[int] | None = None,
         candidates: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
         vocab_size: int | None = None,
         return_values: bool = False,
     ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -187,13 +188,14 @@ class Detector:
 
         ``score_from[b]`` is row b's first completion column: earlier (prompt) tokens only feed
         windows. ``candidates`` scores other tokens in the text's windows (reading-mode audit).
+        ``exclude`` drops positions from scoring without removing their tokens from windows.
         """
         cfg = self.config
         x = np.asarray(tokens)
         x = x[None, :] if x.ndim == 1 else x
         sel = select_positions(
             x, cfg.h, mask=mask, score_from=score_from, dedup=cfg.dedup, seen=state.seen,
-            candidates=candidates, skip_prompt_windows=cfg.skip_prompt_windows)
+            candidates=candidates, skip_prompt_windows=cfg.skip_prompt_windows, exclude=exclude)
         candidates_sel = None if candidates is None else np.asarray(candidates)
         values = self._values(x, mask, candidates_sel, vocab_size)
         n_pos = count_candidates(x, mask, score_from)
@@ -308,7 +310,9 @@ def as_sequences(seqs: Any, what: str) -> list[np.ndarray]:
     return out
 
 
-def pack_batches(seqs: list[np.ndarray], prompts: list[np.ndarray] | None):  # noqa: ANN201
+def pack_batches(
+    seqs: list[np.ndarray], prompts: list[np.ndarray] | None
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """[B, T] batches of prompt+completion: (tokens, mask or None, completion starts or None).
 
     Rows are right-padded and masked; a batch of one unprompted sequence is passed as it is.

@@ -197,6 +197,7 @@ def select_positions(
     seen: TupleSet | None = None,
     candidates: np.ndarray | None = None,
     skip_prompt_windows: bool = False,
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """The positions of ``tokens`` [B, T] to score: a bool [B, T] mask.
 
@@ -205,6 +206,7 @@ def select_positions(
     * ``dedup`` drops repeats, globally when ``seen`` is shared across calls.
     * ``skip_prompt_windows`` also drops completion positions whose window occurs in the prompt
       (text copied from the prompt carries the prompt's provenance, not the model's).
+    * ``exclude`` [B, T] drops more positions (their tokens still feed windows).
     """
     check_dedup(dedup)
     x = np.asarray(tokens)
@@ -227,6 +229,9 @@ def select_positions(
                 prompt_set.add(whi[r, prompt_windows[r]], wlo[r, prompt_windows[r]])
                 sel[r] &= ~prompt_set.contains(whi[r], wlo[r])
         sel &= ~in_prompt
+    if exclude is not None:
+        ex = np.asarray(exclude, dtype=bool)
+        sel &= ~(ex[None, :] if ex.ndim == 1 else ex)
     if dedup == "none":
         return sel
     hi, lo = tuple_keys(x, context_width, with_token=dedup == "tuple", mask=mask,
