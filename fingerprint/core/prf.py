@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -203,7 +204,8 @@ class PRF(ABC):
         h = check_context_width(ctx.shape[1])
         _check_range_numpy(ctx, -1, max_token_id(None), "contexts")
         out = np.empty((ctx.shape[0], maxid + 1), dtype=self.uniform_dtype)
-        self._row_kernel(ctx, (0,) * h, *self.__words, out)
+        with _threads_for(out.size):
+            self._row_kernel(ctx, (0,) * h, *self.__words, out)
         return _from_numpy(out, to_torch)
 
     # -- torch path ---------------------------------------------------------------------------
@@ -273,6 +275,24 @@ def available_prfs() -> list[str]:
 
 def _load_builtin() -> None:
     from fingerprint.core import philox, siphash  # noqa: F401  (registers the built-in PRFs)
+
+
+@contextmanager
+def _threads_for(work: int) -> Iterator[None]:
+    """One thread for small kernels: a per-token call (a vocabulary row) finishes in well under
+    a millisecond alone, while waiting for a second, busy core can cost a scheduler slice."""
+    import numba
+
+    before = numba.get_num_threads()
+    if work <= SERIAL_WORK and before > 1:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+SERIAL_WORK = 1 << 19  # outputs below which a kernel runs on the calling thread alone
 
 
 # -- array helpers ------------------------------------------------------------------------------

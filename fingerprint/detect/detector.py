@@ -31,7 +31,8 @@ SCHEMES: tuple[str, ...] = ("kgw", "gumbel", "dual_key_gumbel")
 DEFAULT_DEDUP: dict[str, DedupPolicy] = {"kgw": "tuple", "gumbel": "context",
                                          "dual_key_gumbel": "context"}
 DEFAULT_CONTEXT_WIDTH: dict[str, int] = {"kgw": 2, "gumbel": 4, "dual_key_gumbel": 4}
-ROW_BATCH = 1 << 22  # tokens per internal batch: bounds memory on large corpora
+ROW_BATCH = 1 << 22
+VLLM_LOOP_LIMIT = 100_000  # tokens per internal batch: bounds memory on large corpora
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,11 @@ class Detector:
             extra["zscore"] = r.zscore
         elif cfg.scheme == "gumbel":
             r = stats.gumbel_test(s.score_sum, s.n_scored)
-            extra["vllm_pvalue"] = stats.vllm_compat_pvalue(s.score_sum, s.n_scored, 0.0) \
-                if s.n_scored else 1.0
+            # vLLM's number is this same Gamma tail summed term by term (O(n)); beyond
+            # VLLM_LOOP_LIMIT tokens the exact value stands in for it (equal up to rounding)
+            extra["vllm_pvalue"] = (
+                stats.vllm_compat_pvalue(s.score_sum, s.n_scored, 0.0)
+                if 0 < s.n_scored <= VLLM_LOOP_LIMIT else r.pvalue)
         else:
             r = stats.dual_key_gumbel_test(s.score_sum, s.n_scored, cfg.alpha)
             extra["vllm_pvalue"] = r.vllm_pvalue

@@ -73,26 +73,32 @@ def _partition(hi, lo, k_hi, k_lo, origin, starts):
 
 
 @nb.njit(parallel=True, cache=True)
-def _insert(table, zero, counts, k_hi, k_lo, origin, starts, new):
+def _insert(table, zero, counts, k_hi, k_lo, origin, starts, resume, new):  # noqa: ANN001
     """Insert keys partition by partition, each thread owning whole sub-tables.
 
     ``table[p, slot] = (hi, lo)``, with (0, 0) marking an empty slot; the key (0, 0) itself is
-    tracked by ``zero[p]``. One probe touches one cache line.
+    tracked by ``zero[p]``. One probe touches one cache line. A partition that reaches half its
+    capacity stops; ``resume[p]`` says where, and the caller grows the table and calls again.
     """
     cap = table.shape[1]
+    limit = cap // 2
     for p in nb.prange(table.shape[0]):
-        for j in range(starts[p], starts[p + 1]):
+        j = resume[p]
+        while j < starts[p + 1]:
             a = k_hi[j]
             b = k_lo[j]
             if a == 0 and b == 0:
                 new[origin[j]] = not zero[p]
                 zero[p] = True
+                j += 1
                 continue
             slot = np.int64((_mix(a, b) >> np.uint64(12)) & np.uint64(cap - 1))
             while True:
                 ta = table[p, slot, 0]
                 tb = table[p, slot, 1]
                 if ta == 0 and tb == 0:
+                    if counts[p] >= limit:
+                        break
                     table[p, slot, 0] = a
                     table[p, slot, 1] = b
                     counts[p] += 1
@@ -102,6 +108,27 @@ def _insert(table, zero, counts, k_hi, k_lo, origin, starts, new):
                     new[origin[j]] = False
                     break
                 slot = (slot + 1) & (cap - 1)
+            if counts[p] >= limit and (table[p, slot, 0] == 0 and table[p, slot, 1] == 0):
+                break  # full: stop before this key, resume after growing
+            j += 1
+        resume[p] = j
+
+
+@nb.njit(parallel=True, cache=True)
+def _rehash(old, new):  # noqa: ANN001
+    """Move every key of ``old`` into the larger, empty ``new`` (same partitions)."""
+    cap = new.shape[1]
+    for p in nb.prange(old.shape[0]):
+        for s in range(old.shape[1]):
+            a = old[p, s, 0]
+            b = old[p, s, 1]
+            if a == 0 and b == 0:
+                continue
+            slot = np.int64((_mix(a, b) >> np.uint64(12)) & np.uint64(cap - 1))
+            while new[p, slot, 0] != 0 or new[p, slot, 1] != 0:
+                slot = (slot + 1) & (cap - 1)
+            new[p, slot, 0] = a
+            new[p, slot, 1] = b
 
 
 @nb.njit(parallel=True, cache=True)
@@ -152,18 +179,20 @@ class TupleSet:
         hi = np.ascontiguousarray(hi, dtype=np.uint64).ravel()
         lo = np.ascontiguousarray(lo, dtype=np.uint64).ravel()
         new = np.empty(hi.shape[0], dtype=np.bool_)
-        step = 1 << 22  # bounded batches keep the growth check from over-allocating
+        step = 1 << 22  # bounded batches bound the scratch arrays
         for i0 in range(0, hi.shape[0], step):
             b_hi, b_lo = hi[i0 : i0 + step], lo[i0 : i0 + step]
             k_hi, k_lo = np.empty_like(b_hi), np.empty_like(b_lo)
             origin = np.empty(b_hi.shape[0], dtype=np.int64)
             starts = np.empty(_PARTS + 1, dtype=np.int64)
             _partition(b_hi, b_lo, k_hi, k_lo, origin, starts)
-            need = int((self._counts + np.diff(starts)).max())
-            if 2 * need > self._table.shape[1]:
-                self._grow(2 * need)
-            _insert(self._table, self._zero, self._counts, k_hi, k_lo, origin, starts,
-                    new[i0 : i0 + step])
+            resume = starts[:-1].copy()
+            while True:
+                _insert(self._table, self._zero, self._counts, k_hi, k_lo, origin, starts,
+                        resume, new[i0 : i0 + step])
+                if np.array_equal(resume, starts[1:]):
+                    break
+                self._grow()
         return new
 
     def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -174,17 +203,11 @@ class TupleSet:
         _lookup(self._table, self._zero, hi, lo, out)
         return out
 
-    def _grow(self, need: int) -> None:
-        cap = self._table.shape[1]
-        while cap < need:
-            cap *= 2
-        used = (self._table[:, :, 0] != 0) | (self._table[:, :, 1] != 0)
-        old = self._table[used]
-        zero = self._zero.copy()
-        self._alloc(cap)
-        self._zero = zero
-        if old.size:
-            self.add(old[:, 0], old[:, 1])
+    def _grow(self) -> None:
+        """Double every sub-table (they share one capacity) and re-insert their keys."""
+        old = self._table
+        self._table = np.zeros((_PARTS, 2 * old.shape[1], 2), dtype=np.uint64)
+        _rehash(old, self._table)
 
 
 def select_positions(
