@@ -73,7 +73,7 @@ def _partition(hi, lo, k_hi, k_lo, origin, starts):
 
 
 @nb.njit(parallel=True, cache=True)
-def _insert(table, zero, counts, k_hi, k_lo, origin, starts, resume, new):  # noqa: ANN001
+def _insert(table, zero, counts, k_hi, k_lo, origin, starts, resume, new):
     """Insert keys partition by partition, each thread owning whole sub-tables.
 
     ``table[p, slot] = (hi, lo)``, with (0, 0) marking an empty slot; the key (0, 0) itself is
@@ -115,7 +115,7 @@ def _insert(table, zero, counts, k_hi, k_lo, origin, starts, resume, new):  # no
 
 
 @nb.njit(parallel=True, cache=True)
-def _rehash(old, new):  # noqa: ANN001
+def _rehash(old, new):
     """Move every key of ``old`` into the larger, empty ``new`` (same partitions)."""
     cap = new.shape[1]
     for p in nb.prange(old.shape[0]):
