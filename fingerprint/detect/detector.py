@@ -342,7 +342,8 @@ def pack_batches(
             x[r, len(p) : n] = s
             mask[r, :n] = True
             start[r] = len(p)
-        yield x, mask, start
+        # the common case, equal lengths and no prompts, takes the kernels' fast path
+        yield x, (None if mask.all() else mask), (start if start.any() else None)
 
 
 def count_candidates(x: np.ndarray, mask: Any, score_from: Any) -> int:
