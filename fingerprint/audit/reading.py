@@ -1,0 +1,165 @@
+"""The open-model audit ("reading mode"): read the teacher's watermarked text through the suspect.
+
+With the suspect's weights, no generation is needed. Each chunk of the provider's watermarked
+corpus is teacher-forced through the suspect; at every position its top prediction is scored as
+the tuple (window from the text, predicted token). A model trained on watermarked text has
+learned to prefer the key's green (or high-Gumbel) tokens after the watermark's windows, so its
+predictions are green more often than chance (Sander et al., NeurIPS 2024).
+
+Two traps are avoided:
+
+* a window already seen earlier in the same chunk is skipped: the model can copy its next token
+  from the context, which says nothing about training;
+* tuples are deduplicated globally, so frequent phrases count once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fingerprint.audit.controls import (
+    AUDIT_NULL,
+    AuditResult,
+    control_warnings,
+    run_controls,
+)
+from fingerprint.core.contexts import tuple_keys
+from fingerprint.detect.calibrate import ScoredBatch
+from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
+from fingerprint.detect.tuples import TupleSet
+from fingerprint.errors import ConfigError, InputError
+from fingerprint.keys import WatermarkKey
+
+
+@dataclass(frozen=True)
+class TeacherText:
+    """One watermarked teacher completion and the prompt it answered (token ids)."""
+
+    prompt_ids: Sequence[int]
+    completion_ids: Sequence[int]
+
+
+def suspect_vocab_size(model: Any) -> int:
+    """The width of the suspect's output layer."""
+    head = model.get_output_embeddings()
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+@torch.no_grad()
+def predict_topk(model: Any, x: np.ndarray, mask: np.ndarray | None, k: int = 1,
+                 chunk: int = 128) -> np.ndarray:
+    """Top-``k`` next-token predictions at every position: int64 [B, T, k] (position t holds
+    the model's guess for token t, i.e. from logits at t - 1; position 0 holds -1).
+
+    The output layer is applied to slices of positions, so memory stays bounded by
+    ``B * chunk * V`` logits whatever the sequence length.
+    """
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(x, device=device)
+    att = torch.ones_like(ids) if mask is None else torch.as_tensor(mask, device=device).long()
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    hidden = base(input_ids=ids, attention_mask=att).last_hidden_state
+    head = model.get_output_embeddings()
+    out = torch.full((*ids.shape, k), -1, dtype=torch.int64)
+    for s in range(0, ids.shape[1] - 1, chunk):
+        e = min(ids.shape[1] - 1, s + chunk)
+        logits = head(hidden[:, s:e]).float()
+        out[:, s + 1 : e + 1] = logits.topk(k, dim=-1).indices.cpu()
+    return out.numpy()
+
+
+def seen_window_earlier(x: np.ndarray, h: int, mask: np.ndarray | None) -> np.ndarray:
+    """True where a position's window already occurred earlier in the same row."""
+    hi, lo = tuple_keys(x, h, with_token=False, mask=mask)
+    out = np.zeros(x.shape, dtype=bool)
+    for r in range(x.shape[0]):
+        out[r] = ~TupleSet().add(hi[r], lo[r])
+    return out
+
+
+def audit_open(
+    model: Any,
+    teacher: Sequence[TeacherText],
+    key: WatermarkKey | int | str,
+    config: DetectorConfig | None = None,
+    *,
+    vocab_size: int,
+    top_k: int = 1,
+    batch_tokens: int = 4096,
+    max_length: int = 1024,
+    n_controls: int = 100,
+    seed: int | None = None,
+    progress: bool = False,
+    suspect_info: dict[str, Any] | None = None,
+    inputs_info: dict[str, Any] | None = None,
+) -> AuditResult:
+    """Audit a suspect with weights against the teacher corpus; exact test plus controls.
+
+    ``vocab_size`` is the teacher's vocabulary; a suspect with another vocabulary is refused
+    (auditing across tokenizers is not supported yet).
+    """
+    cfg = config or DetectorConfig()
+    if top_k < 1:
+        raise ConfigError("top_k must be at least 1")
+    width = suspect_vocab_size(model)
+    if width != vocab_size:
+        raise InputError(
+            f"the suspect's vocabulary has {width} entries, the teacher's {vocab_size}: the audit "
+            "needs the suspect to use the teacher's tokenizer (cross-tokenizer audits are not "
+            "supported yet)")
+    if not teacher:
+        raise InputError("the teacher corpus is empty")
+    det = Detector(key, cfg)
+    state = det.new_state()
+    scored: list[ScoredBatch] = []
+    curve: list[tuple[int, float]] = []
+    t_forward = t_score = 0.0
+    rows_per_batch = max(1, batch_tokens // max_length)
+    bar = tqdm(total=len(teacher), desc="reading teacher text", disable=not progress)
+    for i in range(0, len(teacher), rows_per_batch):
+        part = teacher[i : i + rows_per_batch]
+        prompts = [np.asarray(t.prompt_ids, dtype=np.int64)[-max_length // 2 :] for t in part]
+        comps = [np.asarray(t.completion_ids, dtype=np.int64)[: max_length - len(p)]
+                 for t, p in zip(part, prompts, strict=True)]
+        for x, mask, start in pack_batches(comps, prompts):
+            t0 = time.perf_counter()
+            topk = predict_topk(model, x, mask, top_k)
+            t1 = time.perf_counter()
+            exclude = seen_window_earlier(x, cfg.h, mask)
+            exclude[:, 0] = True
+            for j in range(top_k):
+                cand = topk[:, :, j].copy()
+                cand[cand < 0] = 0  # position 0 (excluded) has no prediction
+                out = det.update(state, x, mask=mask, score_from=start, candidates=cand,
+                                 exclude=exclude, vocab_size=vocab_size, return_values=True)
+                assert out is not None
+                scored.append(ScoredBatch(x, mask, out[0], cand))
+            t_forward += t1 - t0
+            t_score += time.perf_counter() - t1
+        curve.append((state.suff.n_scored, det.result(state).log10_pvalue))
+        bar.update(len(part))
+    bar.close()
+    real = det.result(state)
+    t0 = time.perf_counter()
+    controls = run_controls(scored, cfg, real, n_keys=n_controls, seed=seed, progress=progress)
+    t_controls = time.perf_counter() - t0
+    return AuditResult(
+        mode="open", null_hypothesis=AUDIT_NULL, detection=real, controls=controls,
+        config={**cfg.to_dict(), "top_k": top_k, "max_length": max_length},
+        suspect=suspect_info or {}, inputs=inputs_info or {"teacher_texts": len(teacher)},
+        curve=curve, timing={"forward_s": t_forward, "scoring_s": t_score,
+                             "controls_s": t_controls},
+        warnings=control_warnings(controls))
+
+
+__all__ = ["TeacherText", "audit_open", "predict_topk", "seen_window_earlier",
+           "suspect_vocab_size"]
