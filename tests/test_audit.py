@@ -102,3 +102,44 @@ def test_open_audit_refuses_another_vocabulary() -> None:
     model = tiny_llama(vocab_size=1000, hidden_size=16, num_layers=1, num_heads=2)
     with pytest.raises(InputError, match="tokenizer"):
         audit_open(model, held_out_teacher(2), KEY, vocab_size=V)
+
+
+# -- closed-model audit over HTTP ---------------------------------------------------------------
+def _student_answer(model: torch.nn.Module, tokenizer, n_new: int = 40):
+    """A deterministic 'endpoint': the student continues the prompt's last token greedily."""
+
+    def answer(prompt: str) -> str:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-1:]
+        seq = list(ids)
+        with torch.no_grad():
+            for _ in range(n_new):
+                hidden = model.get_decoder()(input_ids=torch.tensor([seq])).last_hidden_state
+                logits = hidden[0, -1] @ model.get_output_embeddings().weight[SUB].T
+                seq.append(int(SUB[int(torch.argmax(logits))]))
+        return tokenizer.decode(seq[1:])
+
+    return answer
+
+
+def test_closed_audit_end_to_end_over_http(students, default_tokenizer, tmp_path) -> None:
+    from fingerprint.audit.clients import OpenAIClient
+    from fingerprint.audit.querying import audit_closed
+
+    from .openai_stub_server import OpenAIStub
+
+    rng = np.random.default_rng(4)
+    prompts = [default_tokenizer.decode([int(t)]) for t in rng.choice(SUB, 60)]
+    cfg = DetectorConfig(scheme="kgw", context_width=1, gamma=0.25)
+    results = {}
+    for name in ("watermarked", "control"):
+        with OpenAIStub(answer=_student_answer(students[name], default_tokenizer)) as server:
+            client = OpenAIClient(server.base_url, "student", mode="completions",
+                                  max_retries=2, timeout=10)
+            results[name] = audit_closed(client, prompts, KEY, cfg, tokenizer=default_tokenizer,
+                                         checkpoint=tmp_path / f"{name}.jsonl", n_controls=50,
+                                         seed=3)
+    wm, ctl = results["watermarked"], results["control"]
+    assert wm.mode == "closed" and wm.inputs["answers"] == 60
+    assert wm.log10_pvalue < -4 and wm.detection.green_rate > 0.4
+    assert ctl.log10_pvalue > -3
+    assert "student" in str(wm.suspect)
