@@ -143,3 +143,30 @@ def test_closed_audit_end_to_end_over_http(students, default_tokenizer, tmp_path
     assert wm.log10_pvalue < -4 and wm.detection.green_rate > 0.4
     assert ctl.log10_pvalue > -3
     assert "student" in str(wm.suspect)
+
+
+def test_cli_audit_open_mode(students, default_tokenizer, tmp_path, capsys) -> None:
+    import json
+
+    from fingerprint.cli import main
+
+    model_dir = tmp_path / "student"
+    students["watermarked"].save_pretrained(model_dir)
+    default_tokenizer.save_pretrained(model_dir)
+    corpus = tmp_path / "teacher.jsonl"
+    corpus.write_text("".join(
+        json.dumps({"prompt": "p", "completion": "c", "prompt_token_ids": [],
+                    "completion_token_ids": t.completion_ids}) + "\n"
+        for t in held_out_teacher(120)) + "{broken\n")
+    key_path = KEY.save(tmp_path / "k.key")
+    out = tmp_path / "audit.json"
+    assert main(["audit", "--mode", "open", "--suspect", str(model_dir), "--teacher-corpus",
+                 str(corpus), "--key", str(key_path), "--context-width", "1", "--controls",
+                 "30", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "REJECTED" in printed.out and "skipped teacher row" in printed.err
+    data = json.loads(out.read_text())
+    assert data["mode"] == "open" and data["detection"]["log10_pvalue"] < -6
+    assert data["inputs"]["teacher_corpus"]["skipped_rows"] == 1
+    assert len(data["inputs"]["teacher_corpus"]["sha256"]) == 64
+    assert KEY.key_id == data["detection"]["key_id"]

@@ -75,10 +75,11 @@ class CorpusReader:
         if not isinstance(obj, dict):
             self.skipped.append(Skipped(source, row, "not a JSON object"))
             return None
-        ids_f = self.ids_field or next((f for f in IDS_FIELDS if f in obj), None)
-        text_f = self.text_field or next((f for f in TEXT_FIELDS if f in obj), None)
-        if self.text_field is None and self.ids_field is None and ids_f and text_f:
-            text_f = None  # ids are exact; prefer them over re-tokenizing text
+        if self.ids_field or self.text_field:  # an explicit choice wins
+            ids_f, text_f = self.ids_field, None if self.ids_field else self.text_field
+        else:  # ids are exact: prefer them over re-tokenizing text
+            ids_f = next((f for f in IDS_FIELDS if f in obj), None)
+            text_f = None if ids_f else next((f for f in TEXT_FIELDS if f in obj), None)
         pr_f = self.prompt_ids_field or next((f for f in PROMPT_IDS_FIELDS if f in obj), None)
         prompt = obj.get(pr_f) if pr_f else None
         if prompt is not None and not _is_id_list(prompt):

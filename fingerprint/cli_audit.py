@@ -1,0 +1,159 @@
+"""``fingerprint audit``: was a suspect model trained on our watermarked outputs?"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fingerprint.audit.controls import AuditResult
+from fingerprint.audit.reading import TeacherText
+from fingerprint.detect.corpus import CorpusReader
+from fingerprint.detect.detector import SCHEMES, DetectorConfig
+from fingerprint.detect.tuples import DEDUP_POLICIES
+from fingerprint.errors import ConfigError, InputError
+from fingerprint.keys import WatermarkKey
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``audit`` on the main parser's subparsers."""
+    p = sub.add_parser("audit", help="radioactivity audit of a suspect model (open or closed)")
+    p.add_argument("--mode", choices=("open", "closed"), required=True,
+                   help="open: read the teacher's text through the suspect's weights; "
+                        "closed: query the suspect and score its answers")
+    p.add_argument("--suspect", required=True,
+                   help="open: 'default' or a local model path; closed: an OpenAI-compatible "
+                        "base URL (http://host:port/v1) or a local model path")
+    p.add_argument("--suspect-model", default="default",
+                   help="model name sent to the endpoint (closed mode)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's API key")
+    p.add_argument("--teacher-corpus", required=True,
+                   help="JSONL of watermarked completions (as written by `fingerprint generate`)")
+    p.add_argument("--prompts", help="JSONL prompts to query the suspect with (closed mode)")
+    p.add_argument("--key", required=True, help="watermark key file")
+    p.add_argument("--scheme", choices=SCHEMES, default="kgw")
+    p.add_argument("--prf", default="siphash24-v1")
+    p.add_argument("--gamma", type=float, default=0.25)
+    p.add_argument("--context-width", type=int, default=None)
+    p.add_argument("--dedup", choices=DEDUP_POLICIES, default=None)
+    p.add_argument("--controls", type=int, default=100, help="random control keys (M)")
+    p.add_argument("--top-k", type=int, default=1, help="open mode: predictions scored per "
+                                                         "position")
+    p.add_argument("--filter-top-n", type=int, default=None,
+                   help="closed mode: score only the N most frequent teacher windows (phi)")
+    p.add_argument("--checkpoint", default=None,
+                   help="closed mode: JSONL of the suspect's answers (resumable)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--rate-limit", type=float, default=None, help="requests per second")
+    p.add_argument("--out", default="audit.json", help="machine-readable result (JSON)")
+    p.set_defaults(func=cmd_audit)
+
+
+def read_teacher(path: str | Path) -> tuple[list[TeacherText], list[str]]:
+    """Teacher texts (prompt and completion token ids) from a generation JSONL file."""
+    reader = CorpusReader([Path(path)], ids_field="completion_token_ids",
+                          prompt_ids_field="prompt_token_ids")
+    texts = [TeacherText(r.prompt_ids or [], r.ids or []) for r in reader]
+    problems = [f"{s.source}:{s.row}: {s.reason}" for s in reader.skipped]
+    if not texts:
+        raise InputError(f"{path} holds no usable teacher text (need completion_token_ids)")
+    return texts, problems
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def print_summary(res: AuditResult) -> None:
+    """A one-screen summary of an audit."""
+    d, c = res.detection, res.controls
+    verdict = ("REJECTED: the suspect's outputs carry the watermark" if d.log10_pvalue < -6
+               else "not rejected: no evidence the suspect was trained on watermarked text")
+    print(f"\n== audit ({res.mode} mode) ==")
+    print(f"H0: {res.null_hypothesis}")
+    print(f"tuples scored     {d.n_scored:,} of {d.n_positions:,} positions")
+    if d.n_green is not None:
+        print(f"green rate        {d.green_rate:.4f}  (gamma {res.config['gamma']})")
+    else:
+        print(f"score sum         {d.score_sum:.4f}")
+    print(f"exact p           {d.pvalue:.3g}  (log10 p = {d.log10_pvalue:.2f})")
+    print(f"controls          {c.n_keys} random keys: empirical p {c.empirical_pvalue:.3g}, "
+          f"KS p {c.ks_pvalue:.3g}, {'calibrated' if c.calibrated else 'NOT CALIBRATED'}")
+    print(f"verdict at 1e-6   {verdict}")
+    for w in res.warnings:
+        print(f"WARNING: {w}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Run an audit and write its result."""
+    from fingerprint.models import load_default_tokenizer, load_model, model_fingerprint
+
+    key = WatermarkKey.load(args.key)
+    cfg = DetectorConfig(scheme=args.scheme, prf=args.prf, gamma=args.gamma,
+                         context_width=args.context_width, dedup=args.dedup)
+    teacher, problems = read_teacher(args.teacher_corpus)
+    for p in problems[:10]:
+        print(f"skipped teacher row {p}", file=sys.stderr)
+    inputs = {"teacher_corpus": {"path": str(args.teacher_corpus),
+                                 "sha256": file_digest(args.teacher_corpus),
+                                 "texts": len(teacher), "skipped_rows": len(problems)}}
+    if args.mode == "open":
+        from fingerprint.audit.reading import audit_open
+
+        model, tok = load_model(args.suspect)
+        res = audit_open(model, teacher, key, cfg, vocab_size=len(tok), top_k=args.top_k,
+                         n_controls=args.controls, progress=True,
+                         suspect_info={"kind": "weights", "spec": args.suspect,
+                                       "model_sha256": model_fingerprint(model)},
+                         inputs_info=inputs)
+    else:
+        if not args.prompts:
+            raise ConfigError("closed mode needs --prompts (the prompts to query the suspect)")
+        from fingerprint.audit.clients import HFClient, OpenAIClient
+        from fingerprint.audit.querying import audit_closed
+        from fingerprint.watermark.generate import read_prompts
+
+        lines, errors = read_prompts(args.prompts)
+        for e in errors[:10]:
+            print(f"skipped prompt {e}", file=sys.stderr)
+        prompts = [p.prompt for p in lines]
+        inputs["prompts"] = {"path": str(args.prompts), "sha256": file_digest(args.prompts),
+                             "count": len(prompts)}
+        tok = load_default_tokenizer()
+        client: Any
+        if args.suspect.startswith(("http://", "https://")):
+            client = OpenAIClient(args.suspect, args.suspect_model,
+                                  api_key=os.environ.get(args.api_key_env),
+                                  max_tokens=args.max_new_tokens, concurrency=args.concurrency,
+                                  timeout=args.timeout, max_retries=args.retries,
+                                  rate_limit=args.rate_limit)
+        else:
+            model, tok = load_model(args.suspect)
+            client = HFClient(model, tok, max_new_tokens=args.max_new_tokens)
+        checkpoint = Path(args.checkpoint or Path(args.out).with_suffix(".answers.jsonl"))
+        res = audit_closed(client, prompts, key, cfg, tokenizer=tok, checkpoint=checkpoint,
+                           teacher=teacher if args.filter_top_n else None,
+                           filter_top_n=args.filter_top_n, n_controls=args.controls,
+                           progress=True, inputs_info=inputs)
+        res.inputs["answers_checkpoint"] = {"path": str(checkpoint),
+                                            "sha256": file_digest(checkpoint)}
+    print_summary(res)
+    Path(args.out).write_text(json.dumps(res.to_dict(), indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+__all__ = ["add_parsers", "cmd_audit", "file_digest", "print_summary", "read_teacher"]
