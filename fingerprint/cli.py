@@ -13,6 +13,10 @@ from fingerprint.keys import WatermarkKey
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
+    if getattr(args, "signing", False):  # an Ed25519 key for signing reports
+        from fingerprint.cli_report import cmd_keygen_signing
+
+        return cmd_keygen_signing(args)
     if args.from_int is not None:
         key = WatermarkKey.from_int(args.from_int)
         print("warning: an integer key holds at most 64 bits; use it only to interoperate "
@@ -123,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_detect_parsers(sub)
     add_audit_parsers(sub)
+
+    from fingerprint.cli_report import add_parsers as add_report_parsers
+
+    add_report_parsers(sub)
     return parser
 
 
