@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from fingerprint.audit.controls import AuditResult
-from fingerprint.audit.reading import TeacherText
-from fingerprint.detect.corpus import CorpusReader
+from fingerprint.audit.reading import read_teacher
 from fingerprint.detect.detector import SCHEMES, DetectorConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
-from fingerprint.errors import ConfigError, InputError
+from fingerprint.errors import ConfigError
 from fingerprint.keys import WatermarkKey
 
 
@@ -57,17 +56,6 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_audit)
 
 
-def read_teacher(path: str | Path) -> tuple[list[TeacherText], list[str]]:
-    """Teacher texts (prompt and completion token ids) from a generation JSONL file."""
-    reader = CorpusReader([Path(path)], ids_field="completion_token_ids",
-                          prompt_ids_field="prompt_token_ids")
-    texts = [TeacherText(r.prompt_ids or [], r.ids or []) for r in reader]
-    problems = [f"{s.source}:{s.row}: {s.reason}" for s in reader.skipped]
-    if not texts:
-        raise InputError(f"{path} holds no usable teacher text (need completion_token_ids)")
-    return texts, problems
-
-
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file, hex."""
     h = hashlib.sha256()
@@ -104,12 +92,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     key = WatermarkKey.load(args.key)
     cfg = DetectorConfig(scheme=args.scheme, prf=args.prf, gamma=args.gamma,
                          context_width=args.context_width, dedup=args.dedup)
-    teacher, problems = read_teacher(args.teacher_corpus)
-    for p in problems[:10]:
-        print(f"skipped teacher row {p}", file=sys.stderr)
+    teacher, skipped = read_teacher(args.teacher_corpus)
+    for s in skipped[:10]:
+        print(f"skipped teacher row {s.source}:{s.row}: {s.reason}", file=sys.stderr)
     inputs = {"teacher_corpus": {"path": str(args.teacher_corpus),
                                  "sha256": file_digest(args.teacher_corpus),
-                                 "texts": len(teacher), "skipped_rows": len(problems)}}
+                                 "texts": len(teacher), "skipped_rows": len(skipped)}}
     if args.mode == "open":
         from fingerprint.audit.reading import audit_open
 
@@ -156,4 +144,4 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parsers", "cmd_audit", "file_digest", "print_summary", "read_teacher"]
+__all__ = ["add_parsers", "cmd_audit", "file_digest", "print_summary"]

@@ -15,9 +15,11 @@ Two traps are avoided:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ from fingerprint.audit.controls import (
 )
 from fingerprint.core.contexts import tuple_keys
 from fingerprint.detect.calibrate import ScoredBatch
+from fingerprint.detect.corpus import CorpusReader, Skipped
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
 from fingerprint.detect.tuples import TupleSet
 from fingerprint.errors import ConfigError, InputError
@@ -44,6 +47,25 @@ class TeacherText:
 
     prompt_ids: Sequence[int]
     completion_ids: Sequence[int]
+
+
+def read_teacher(path: str | os.PathLike[str]) -> tuple[list[TeacherText], list[Skipped]]:
+    """The teacher's watermarked corpus: token ids per row (``completion_token_ids``, with
+    ``prompt_token_ids`` when present), in file order, as written by ``fingerprint generate``.
+
+    Unreadable rows are returned as skipped; a row holding text instead of ids is refused:
+    audits need the teacher's exact tokens.
+    """
+    reader = CorpusReader([Path(path)])
+    out = []
+    for rec in reader:
+        if rec.ids is None:
+            raise InputError(f"{rec.source} row {rec.row} holds text, not token ids: the "
+                             "teacher corpus must hold the watermarked token ids")
+        out.append(TeacherText(list(rec.prompt_ids or []), list(rec.ids)))
+    if not out:
+        raise InputError(f"{path} holds no usable teacher text (need completion_token_ids)")
+    return out, reader.skipped
 
 
 def suspect_vocab_size(model: Any) -> int:
@@ -161,5 +183,5 @@ def audit_open(
         warnings=control_warnings(controls))
 
 
-__all__ = ["TeacherText", "audit_open", "predict_topk", "seen_window_earlier",
+__all__ = ["TeacherText", "audit_open", "predict_topk", "read_teacher", "seen_window_earlier",
            "suspect_vocab_size"]

@@ -33,6 +33,7 @@ import numpy as np
 from fingerprint.audit.clients import Answer, prompts_sha256
 from fingerprint.audit.controls import run_controls
 from fingerprint.audit.reading import TeacherText
+from fingerprint.audit.reading import read_teacher as read_teacher_rows
 from fingerprint.detect.calibrate import ScoredBatch
 from fingerprint.detect.corpus import BATCH_TOKENS, CorpusReader, Skipped, detect_corpus
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
@@ -282,20 +283,8 @@ def detect_files(
 
 
 def read_teacher(path: str | os.PathLike[str]) -> list[TeacherText]:
-    """The teacher's watermarked corpus: a JSONL (or Parquet) file of token ids per row
-    (``completion_token_ids``, with ``prompt_token_ids`` when present), in file order.
-
-    Rows that cannot be read are skipped (as ``CorpusReader`` does); a row holding text instead
-    of ids is refused: audits need the teacher's exact tokens.
-    """
-    reader = CorpusReader([Path(path)])
-    out = []
-    for rec in reader:
-        if rec.ids is None:
-            raise InputError(f"{rec.source} row {rec.row} holds text, not token ids: the "
-                             "teacher corpus must hold the watermarked token ids")
-        out.append(TeacherText(list(rec.prompt_ids or []), list(rec.ids)))
-    return out
+    """The teacher corpus as an audit reads it (``fingerprint.audit.reading.read_teacher``)."""
+    return read_teacher_rows(path)[0]
 
 
 # -- inputs -------------------------------------------------------------------------------------
