@@ -1,0 +1,69 @@
+"""Distilling a student from a teacher's outputs: the threat the audit tests for.
+
+A small Llama with the teacher's tokenizer is trained from scratch on the teacher's completions
+(prompt and answer, as served). This is what a competitor who distils an API does, at a size a
+laptop CPU can train in a minute, so the demo and the experiment can show the audit catching it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fingerprint.errors import ConfigError, InputError
+from fingerprint.models import tiny_llama
+
+
+def train_student(
+    sequences: Sequence[Sequence[int]],
+    *,
+    vocab_size: int,
+    steps: int = 300,
+    batch_size: int = 16,
+    seq_len: int = 128,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "training student",
+) -> Any:
+    """Train a fresh tiny Llama on ``sequences`` (token ids) with next-token cross-entropy.
+
+    Sequences are concatenated into one stream and cut into windows of ``seq_len`` tokens.
+    Deterministic for a ``seed`` (on one thread count).
+    """
+    if steps < 1 or batch_size < 1 or seq_len < 2:
+        raise ConfigError("steps, batch_size must be >= 1 and seq_len >= 2")
+    stream = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences if len(s)])
+    if stream.size < seq_len + 1:
+        raise InputError(f"need more than {seq_len} tokens to train on, got {stream.size}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = tiny_llama(vocab_size, hidden_size=hidden_size, num_layers=num_layers,
+                       num_heads=num_heads, seed=seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=0.1)
+    data = torch.as_tensor(stream)
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        starts = rng.integers(0, stream.size - seq_len, batch_size)
+        batch = torch.stack([data[s : s + seq_len] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return model
+
+
+__all__ = ["train_student"]
