@@ -31,7 +31,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fingerprint.demo import run_demo
 
-    return run_demo(Path(args.out), max_tokens=args.tokens)
+    return run_demo(Path(args.out), n_prompts=args.prompts, max_new_tokens=args.new_tokens,
+                    student_steps=args.steps, controls=args.controls)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -86,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded model")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--tokens", type=int, default=4000, help="human-text tokens to score")
+    p.add_argument("--prompts", type=int, default=48, help="shipped prompts to answer")
+    p.add_argument("--new-tokens", type=int, default=48, help="tokens per answer")
+    p.add_argument("--steps", type=int, default=300, help="student training steps")
+    p.add_argument("--controls", type=int, default=100, help="random control keys per audit")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("generate", help="generate watermarked completions of a prompts file "
