@@ -1,0 +1,212 @@
+"""Public scheme configurations and the generation-time window convention.
+
+A configuration holds everything about a watermark except the key: it is what a result records
+and what a detector needs (:meth:`KGWConfig.public` adds the public key id). Field names match
+:class:`fingerprint.detect.detector.DetectorConfig`, so ``DetectorConfig.from_dict(public)`` works.
+
+Windows at generation (``docs/watermark.md``): the window of the token being sampled is the
+``h`` tokens before it, oldest first (``fingerprint/core/contexts.py``). Where those tokens come
+from is the ``prompt_context`` switch:
+
+* ``prompt_context=True`` (the KGW default): the windows of the first generated tokens reach into
+  the prompt; positions before the real start of a left-padded row read as ``-1``;
+* ``prompt_context=False`` (the Gumbel default, vLLM's convention): only generated tokens fill
+  windows; positions before the first generated token read as ``-1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from fingerprint.core import DEFAULT_PRF, prf_class
+from fingerprint.core.contexts import PAD, check_context_width
+from fingerprint.errors import ConfigError
+
+MAX_GENERATION_CONTEXT_WIDTH = 16
+DEFAULT_CONTEXT_WIDTH: dict[str, int] = {"kgw": 2, "gumbel": 4}
+DedupMode = Literal["single_turn", "none"]
+DEDUP_MODES: tuple[str, ...] = ("single_turn", "none")
+VLLM_DEDUP_MAX_HISTORY = 8192
+
+
+def check_generation_context_width(h: object) -> int:
+    """A context width for generation: an integer in 1..16."""
+    h = check_context_width(h)
+    if h > MAX_GENERATION_CONTEXT_WIDTH:
+        raise ConfigError(
+            f"context width must be at most {MAX_GENERATION_CONTEXT_WIDTH} for generation, got "
+            f"{h}: every edited token breaks the next h windows, so wider windows are fragile")
+    return h
+
+
+def _check_prf(name: object) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"prf must be a PRF name such as {DEFAULT_PRF!r}, got {name!r}")
+    return prf_class(name).name  # aliases resolve to the versioned name
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class KGWConfig:
+    """KGW green lists: token ``v`` is green when ``u(key, window, v) < gamma``; green logits
+    get ``+delta``."""
+
+    gamma: float = 0.25
+    delta: float = 2.0
+    context_width: int = DEFAULT_CONTEXT_WIDTH["kgw"]
+    prf: str = DEFAULT_PRF
+    prompt_context: bool = True
+    scheme: ClassVar[str] = "kgw"
+
+    def __post_init__(self) -> None:
+        gamma = _check_number("gamma", self.gamma)
+        if not 0.0 < gamma < 1.0:
+            raise ConfigError(f"gamma must lie strictly between 0 and 1, got {self.gamma!r}")
+        delta = _check_number("delta", self.delta)
+        if not (0.0 <= delta < math.inf):
+            raise ConfigError(f"delta must be a finite number >= 0, got {self.delta!r}")
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "delta", delta)
+        object.__setattr__(self, "context_width",
+                           check_generation_context_width(self.context_width))
+        object.__setattr__(self, "prf", _check_prf(self.prf))
+        _check_bool("prompt_context", self.prompt_context)
+
+    def public(self, key_id: str) -> dict[str, Any]:
+        """The public configuration of a watermark under the key with id ``key_id``."""
+        return {"scheme": self.scheme, "gamma": self.gamma, "delta": self.delta,
+                "context_width": self.context_width, "prf": self.prf,
+                "prompt_context": self.prompt_context, "key_id": key_id}
+
+
+@dataclass(frozen=True)
+class GumbelConfig:
+    """Gumbel-max sampling: the token is ``argmax(logits - log(-log u))``, ``u`` from the PRF.
+
+    ``deduplicate_contexts="single_turn"`` (vLLM's default): a window already used at an earlier
+    step of the same completion (within the last ``dedup_max_history`` steps) is sampled without
+    the watermark, so a repeated window never forces a repeated token.
+    """
+
+    context_width: int = DEFAULT_CONTEXT_WIDTH["gumbel"]
+    prf: str = DEFAULT_PRF
+    prompt_context: bool = False
+    deduplicate_contexts: DedupMode = "single_turn"
+    dedup_max_history: int | None = VLLM_DEDUP_MAX_HISTORY
+    scheme: ClassVar[str] = "gumbel"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_width",
+                           check_generation_context_width(self.context_width))
+        object.__setattr__(self, "prf", _check_prf(self.prf))
+        _check_bool("prompt_context", self.prompt_context)
+        if self.deduplicate_contexts not in DEDUP_MODES:
+            raise ConfigError(f"deduplicate_contexts must be one of {DEDUP_MODES}, got "
+                              f"{self.deduplicate_contexts!r}")
+        m = self.dedup_max_history
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ConfigError(f"dedup_max_history must be a positive int or None, got {m!r}")
+
+    def public(self, key_id: str) -> dict[str, Any]:
+        """The public configuration of a watermark under the key with id ``key_id``."""
+        return {"scheme": self.scheme, "context_width": self.context_width, "prf": self.prf,
+                "prompt_context": self.prompt_context,
+                "deduplicate_contexts": self.deduplicate_contexts,
+                "dedup_max_history": self.dedup_max_history, "key_id": key_id}
+
+
+class ContextTracker:
+    """Builds each row's generation-time window from the ``input_ids`` a logits processor sees.
+
+    transformers passes the whole sequence so far, ``[B, L]``, prompt (left-padded) included. The
+    tracker notices the start of a new generation (the sequence did not just grow by one token)
+    and records there the prompt length ``L0`` and each row's real start: the end of its leading
+    run of ``pad_token_id`` (left padding), or 0 when ``pad_token_id`` is None. A prompt that
+    itself begins with the pad token is thus read as padding there; such a prompt only changes
+    windows that reach back to its first tokens.
+    """
+
+    def __init__(self, context_width: int, prompt_context: bool, pad_token_id: int | None) -> None:
+        self.h = check_generation_context_width(context_width)
+        self.prompt_context = _check_bool("prompt_context", prompt_context)
+        if pad_token_id is not None and (isinstance(pad_token_id, bool)
+                                         or not isinstance(pad_token_id, int)):
+            raise ConfigError(f"pad_token_id must be an int or None, got {pad_token_id!r}")
+        self.pad_token_id = pad_token_id
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current generation: the next call starts a new one."""
+        self._prev: torch.Tensor | None = None
+        self.prompt_len = 0
+        self._first: torch.Tensor | None = None  # [B] first column a window may read
+
+    @property
+    def step_index(self) -> int:
+        """Tokens generated so far in the current generation (valid after :meth:`update`)."""
+        return 0 if self._prev is None else int(self._prev.shape[1]) - self.prompt_len
+
+    def update(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(windows [B, h] int64 on the input's device, whether a new generation started)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ConfigError("a logits processor expects input_ids as a [batch, length] tensor")
+        prev = self._prev
+        new = not (prev is not None and prev.shape[0] == input_ids.shape[0]
+                   and prev.shape[1] + 1 == input_ids.shape[1]
+                   and prev.device == input_ids.device
+                   and torch.equal(input_ids[:, :-1], prev))
+        if new:
+            self._start(input_ids)
+        self._prev = input_ids
+        return self.windows(input_ids), new
+
+    def _start(self, input_ids: torch.Tensor) -> None:
+        b, length = input_ids.shape
+        self.prompt_len = int(length)
+        if not self.prompt_context:
+            first = torch.full((b,), length, dtype=torch.int64, device=input_ids.device)
+        elif self.pad_token_id is None:
+            first = torch.zeros((b,), dtype=torch.int64, device=input_ids.device)
+        else:
+            real = input_ids != self.pad_token_id
+            # the first real column; a row of padding only starts after its end
+            first = torch.where(real.any(dim=1), real.to(torch.int32).argmax(dim=1),
+                                torch.full((b,), length, device=input_ids.device))
+        self._first = first.to(torch.int64)
+
+    def windows(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The current windows [B, h] of ``input_ids`` under the recorded generation start."""
+        assert self._first is not None
+        length = input_ids.shape[1]
+        pos = torch.arange(length - self.h, length, device=input_ids.device)
+        vals = input_ids[:, pos.clamp(min=0)].to(torch.int64)
+        valid = pos[None, :] >= self._first[:, None]  # also false for pos < 0
+        return torch.where(valid, vals, torch.full_like(vals, PAD))
+
+
+__all__ = [
+    "DEDUP_MODES",
+    "DEFAULT_CONTEXT_WIDTH",
+    "MAX_GENERATION_CONTEXT_WIDTH",
+    "VLLM_DEDUP_MAX_HISTORY",
+    "ContextTracker",
+    "DedupMode",
+    "GumbelConfig",
+    "KGWConfig",
+    "check_generation_context_width",
+]

@@ -1,0 +1,308 @@
+"""The Gumbel-max watermark (Aaronson, 2022), bit-compatible with vLLM 0.33's ``GumbelWatermarker``.
+
+At each step the token is ``argmax(logits - log(-log u))`` where ``u`` [B, V] is the PRF row of
+the window: over random keys this is an exact sample of ``softmax(logits)`` (distortion-free),
+yet it is a deterministic function of (key, window, logits) that the detector can check.
+
+The logits must be the *processed* ones: after temperature, top-k and top-p. So the processor has
+to run last, and sampling must be on. :class:`GumbelLogitsProcessor` returns logits where only the
+chosen token is finite; whatever samples from them afterwards picks that token. Two ways in:
+
+* with transformers' ``generate``, pass :class:`GumbelWatermarkingConfig` as
+  ``watermarking_config=``: transformers then places the processor after every warper;
+* in a custom loop, apply your warpers, then the processor (or call :meth:`GumbelLogitsProcessor.
+  choose` on the processed logits directly).
+
+Misuse is refused: when transformers calls the processor, it checks (once per generation) that no
+processor runs after it (a ``logits_processor=`` list puts temperature/top-k/top-p *after* it) and
+that sampling is on (greedy decoding cannot carry this watermark), and raises
+:class:`~fingerprint.errors.ConfigError` otherwise.
+
+vLLM compatibility (with ``prf="philox4x32-10-v1"`` and an integer key): the same float32
+arithmetic, ``u.clamp_min(finfo(float32).tiny)``, ``noise = -log(-log u)``,
+``argmax(logits + noise)``; the same windows (``prompt_context=False``: generated tokens only,
+``-1`` before the first one); the same ``single_turn`` context deduplication.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.configuration_utils import BaseWatermarkingConfig
+from transformers.generation.logits_process import LogitNormalization
+
+from fingerprint.core import DEFAULT_PRF, PRF, get_prf
+from fingerprint.errors import ConfigError
+from fingerprint.keys import WatermarkKey
+from fingerprint.watermark.config import (
+    VLLM_DEDUP_MAX_HISTORY,
+    ContextTracker,
+    DedupMode,
+    GumbelConfig,
+)
+
+_FRAMES_TO_SEARCH = 12
+
+
+def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """``argmax(logits - log(-log u))`` per row, computed in the uniforms' dtype.
+
+    For ``philox4x32-10-v1`` (float32 uniforms) every value equals vLLM's bit for bit (the same
+    torch operations in float32; its final ``+ noise`` is done as ``- (-noise)``, which IEEE
+    arithmetic makes identical), so float32 logits give vLLM's token. ``uniforms`` is
+    overwritten.
+    """
+    tiny = torch.finfo(uniforms.dtype).tiny
+    log_neg_log = uniforms.clamp_min_(tiny).log_().neg_().log_()  # = -noise, in place
+    # logits - x is exactly logits + (-x) in IEEE arithmetic: vLLM's logits + noise, one pass less
+    return torch.argmax(torch.sub(logits.to(log_neg_log.dtype), log_neg_log), dim=-1)
+
+
+class GumbelLogitsProcessor(LogitsProcessor):
+    """Gumbel-max watermarked sampling; must run last, on the processed logits, with sampling on.
+
+    Args:
+        key: a :class:`~fingerprint.keys.WatermarkKey`, a vLLM-style integer or a key file path.
+        context_width: the window width ``h``, 1..16 (vLLM's default is 4).
+        prf: the PRF name; ``"philox4x32-10-v1"`` with an integer key reproduces vLLM.
+        prompt_context: let windows reach into the prompt (default False: vLLM's convention).
+        deduplicate_contexts: ``"single_turn"`` (default, vLLM's): a window already used at an
+            earlier step of the same completion samples without the watermark; ``"none"``.
+        dedup_max_history: how many of the latest steps that check looks back (vLLM: 8192).
+        pad_token_id: the left-padding id (only read when ``prompt_context`` is True).
+        check_placement: refuse misplacement and greedy decoding inside transformers' generate.
+    """
+
+    def __init__(
+        self,
+        key: WatermarkKey | int | str | os.PathLike[str],
+        context_width: int = GumbelConfig.context_width,
+        prf: str = DEFAULT_PRF,
+        *,
+        prompt_context: bool = False,
+        deduplicate_contexts: DedupMode = "single_turn",
+        dedup_max_history: int | None = VLLM_DEDUP_MAX_HISTORY,
+        pad_token_id: int | None = None,
+        check_placement: bool = True,
+    ) -> None:
+        settings = GumbelConfig(context_width=context_width, prf=prf,
+                                prompt_context=prompt_context,
+                                deduplicate_contexts=deduplicate_contexts,
+                                dedup_max_history=dedup_max_history)
+        prf_obj = get_prf(settings.prf, key, GumbelConfig.scheme)  # type: ignore[arg-type]
+        self._setup(settings, prf_obj, pad_token_id, check_placement)
+
+    @classmethod
+    def _from_prf(cls, settings: GumbelConfig, prf: PRF, pad_token_id: int | None,
+                  check_placement: bool = True) -> GumbelLogitsProcessor:
+        self = cls.__new__(cls)
+        self._setup(settings, prf, pad_token_id, check_placement)
+        return self
+
+    def _setup(self, settings: GumbelConfig, prf: PRF, pad_token_id: int | None,
+               check_placement: bool) -> None:
+        self.settings = settings
+        self._prf = prf
+        self._tracker = ContextTracker(settings.context_width, settings.prompt_context,
+                                       pad_token_id)
+        self.check_placement = bool(check_placement)
+        self._seen: list[dict[tuple[int, ...], int]] = []
+        self.n_watermarked = 0  # steps x rows sampled with the watermark (for reports)
+        self.n_repeated = 0  # steps x rows sampled plainly because the window repeated
+
+    def __repr__(self) -> str:
+        return f"GumbelLogitsProcessor({self.config})"
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a watermark processor holds a keyed PRF and cannot be pickled; "
+                        "rebuild it from its key in each process")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The public configuration (scheme, h, PRF, key id, context convention). Never the key."""
+        return self.settings.public(self._prf.key_id)
+
+    def reset(self) -> None:
+        """Forget the current generation (it is also detected automatically)."""
+        self._tracker.reset()
+        self._seen = []
+
+    def choose(self, logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """The watermarked token [B] for processed ``logits`` [B, V] after ``windows`` [B, h]."""
+        return gumbel_argmax(logits, self._prf.row(windows, logits.shape[-1]))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        windows, new = self._tracker.update(input_ids)
+        if new:
+            self._seen = [{} for _ in range(input_ids.shape[0])]
+            if self.check_placement:
+                self._check_placement()
+        choice = self.choose(scores, windows)[:, None]
+        out = torch.full_like(scores, -torch.inf).scatter_(1, choice, scores.gather(1, choice))
+        if self.settings.deduplicate_contexts != "none":
+            repeated = self._repeated(windows)
+            if repeated is not None:
+                out = torch.where(repeated.to(scores.device)[:, None], scores, out)
+        return out
+
+    def _repeated(self, windows: torch.Tensor) -> torch.Tensor | None:
+        """Rows whose window was used at an earlier step of the same completion (then record)."""
+        step = self._tracker.step_index
+        limit = self.settings.dedup_max_history
+        oldest = 0 if limit is None else max(0, step - limit)
+        flags = []
+        for seen, w in zip(self._seen, map(tuple, windows.tolist()), strict=True):
+            last = seen.get(w)  # the latest earlier step that used this window
+            flags.append(last is not None and last >= oldest)
+            seen[w] = step
+        n_rep = sum(flags)
+        self.n_repeated += n_rep
+        self.n_watermarked += len(flags) - n_rep
+        return torch.tensor(flags) if n_rep else None
+
+    def _check_placement(self) -> None:
+        """Inside transformers' generate: refuse processors after this one, and greedy search."""
+        processors, gen_config = _find_generation_frames(self)
+        if processors is not None:
+            mine = next(i for i, p in enumerate(processors) if p is self)
+            after = [type(p).__name__ for p in processors[mine + 1:]
+                     if not isinstance(p, LogitNormalization)]
+            if after:
+                raise ConfigError(
+                    f"the Gumbel watermark must be the last logits processor, but "
+                    f"{', '.join(after)} run after it, on logits it has already sampled from, "
+                    "so they would have no effect. With transformers' generate, pass "
+                    "GumbelWatermarkingConfig(...) as watermarking_config= instead of putting the "
+                    "processor in logits_processor=: transformers then runs it after temperature, "
+                    "top-k and top-p")
+        if gen_config is not None:
+            if not gen_config.do_sample:
+                raise ConfigError(
+                    "greedy decoding (do_sample=False) cannot carry a Gumbel watermark: pass "
+                    "do_sample=True (and a temperature > 0), or use the KGW scheme, which biases "
+                    "greedy decoding too")
+            if (gen_config.num_beams or 1) > 1:
+                raise ConfigError("beam search cannot carry a Gumbel watermark; use num_beams=1")
+
+
+def _find_generation_frames(
+    proc: LogitsProcessor,
+) -> tuple[LogitsProcessorList | None, GenerationConfig | None]:
+    """The processor list holding ``proc`` and the generation config, from the calling frames.
+
+    transformers calls ``LogitsProcessorList.__call__`` from its decoding loop, whose local
+    ``generation_config`` holds ``do_sample``. Called elsewhere, both are None (nothing checked).
+    """
+    processors: LogitsProcessorList | None = None
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back if frame is not None else None
+        for _ in range(_FRAMES_TO_SEARCH):
+            if f is None:
+                break
+            local = f.f_locals
+            owner = local.get("self")
+            if (processors is None and isinstance(owner, LogitsProcessorList)
+                    and any(p is proc for p in owner)):
+                processors = owner
+            gen = local.get("generation_config")
+            if isinstance(gen, GenerationConfig):
+                return processors, gen
+            f = f.f_back
+        return processors, None
+    finally:
+        del frame
+
+
+class GumbelWatermarkingConfig(BaseWatermarkingConfig):
+    """The Gumbel watermark for ``model.generate(..., watermarking_config=...)``.
+
+    transformers appends the processor this builds after temperature, top-k and top-p, which is
+    where Gumbel-max sampling belongs. Generate with ``do_sample=True``::
+
+        wm = GumbelWatermarkingConfig(key, context_width=4)
+        model.generate(**inputs, watermarking_config=wm, do_sample=True, temperature=0.7)
+
+    Its dict and JSON forms are the public configuration (no key), so it is safe to log. It
+    cannot be rebuilt from that dict (the key is not in it): keep the key file.
+    """
+
+    def __init__(
+        self,
+        key: WatermarkKey | int | str | os.PathLike[str],
+        context_width: int = GumbelConfig.context_width,
+        prf: str = DEFAULT_PRF,
+        *,
+        prompt_context: bool = False,
+        deduplicate_contexts: DedupMode = "single_turn",
+        dedup_max_history: int | None = VLLM_DEDUP_MAX_HISTORY,
+        pad_token_id: int | None = None,
+    ) -> None:
+        self._settings = GumbelConfig(context_width=context_width, prf=prf,
+                                      prompt_context=prompt_context,
+                                      deduplicate_contexts=deduplicate_contexts,
+                                      dedup_max_history=dedup_max_history)
+        self._prf = get_prf(self._settings.prf, key, GumbelConfig.scheme)  # type: ignore[arg-type]
+        self._pad_token_id = pad_token_id
+        self.last_processor: GumbelLogitsProcessor | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The public configuration. Never the key."""
+        return self._settings.public(self._prf.key_id)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> GumbelWatermarkingConfig:
+        """Refused: a public configuration has no key to rebuild the watermark from."""
+        raise ConfigError("a Gumbel watermarking config cannot be rebuilt from its public dict; "
+                          "build it from the key: GumbelWatermarkingConfig(key, ...)")
+
+    def validate(self) -> None:
+        """Parameters are validated at construction."""
+
+    def construct_processor(self, vocab_size: int, device: Any = None) -> GumbelLogitsProcessor:
+        """A fresh processor for one generate call (the vocabulary size is read from logits)."""
+        self.last_processor = GumbelLogitsProcessor._from_prf(self._settings, self._prf,
+                                                              self._pad_token_id)
+        return self.last_processor
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public configuration (no key)."""
+        return self.config
+
+    def to_json_string(self) -> str:
+        """The public configuration as JSON."""
+        import json
+
+        return json.dumps(self.config, indent=2) + "\n"
+
+    def __iter__(self) -> Any:
+        yield from self.config.items()
+
+    def __repr__(self) -> str:
+        return f"GumbelWatermarkingConfig({self.config})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GumbelWatermarkingConfig):
+            return NotImplemented
+        return self.config == other.config
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.config.items())))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GumbelWatermarkingConfig:
+        return self  # immutable; transformers deep-copies generation configs
+
+    def __copy__(self) -> GumbelWatermarkingConfig:
+        return self
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a watermarking config holds a keyed PRF and cannot be pickled; "
+                        "rebuild it from its key in each process")
+
+
+__all__ = ["GumbelLogitsProcessor", "GumbelWatermarkingConfig", "gumbel_argmax"]

@@ -1,0 +1,88 @@
+"""The KGW green-list watermark (Kirchenbauer et al., 2023) as a transformers logits processor.
+
+At each step, token ``v`` is *green* when ``u(key, window, v) < gamma``, with ``u`` the keyed PRF
+of the shared core (``fingerprint/core``) and ``window`` the ``h`` tokens before the one being
+sampled; every green logit gets ``+delta``. One :meth:`~fingerprint.core.PRF.row` call per step
+gives the values of the whole vocabulary for all rows at once (the fused numba kernel on CPU,
+torch ops on CUDA), then one masked add.
+
+    proc = KGWLogitsProcessor(key, gamma=0.25, delta=2.0, pad_token_id=tokenizer.pad_token_id)
+    model.generate(**inputs, logits_processor=LogitsProcessorList([proc]), do_sample=True)
+
+In ``logits_processor=`` transformers runs it before temperature, top-k and top-p, so the bias
+is added to the model's logits (the original KGW recipe) and works with greedy decoding too.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from fingerprint.core import DEFAULT_PRF, PRF, get_prf
+from fingerprint.keys import WatermarkKey
+from fingerprint.watermark.config import ContextTracker, KGWConfig
+
+
+class KGWLogitsProcessor(LogitsProcessor):
+    """Adds ``delta`` to the logits of green tokens (``u < gamma``) at every step.
+
+    Args:
+        key: a :class:`~fingerprint.keys.WatermarkKey`, a vLLM-style integer or a key file path.
+        gamma: the green fraction, in (0, 1).
+        delta: the bias, >= 0.
+        context_width: the window width ``h``, 1..16.
+        prf: the PRF name (``"siphash24-v1"`` by default).
+        prompt_context: windows of the first generated tokens reach into the prompt (default).
+        pad_token_id: the id that left-pads a batch; the leading run of it in each row reads as
+            ``-1``, so a padded row gets the same windows as its prompt alone.
+
+    The vocabulary size is the logits' width at each step (models often pad the vocabulary).
+    """
+
+    def __init__(
+        self,
+        key: WatermarkKey | int | str | os.PathLike[str],
+        gamma: float = 0.25,
+        delta: float = 2.0,
+        context_width: int = KGWConfig.context_width,
+        prf: str = DEFAULT_PRF,
+        *,
+        prompt_context: bool = True,
+        pad_token_id: int | None = None,
+    ) -> None:
+        self.settings = KGWConfig(gamma=gamma, delta=delta, context_width=context_width, prf=prf,
+                                  prompt_context=prompt_context)
+        self._prf: PRF = get_prf(self.settings.prf, key, KGWConfig.scheme)  # type: ignore[arg-type]
+        self._tracker = ContextTracker(self.settings.context_width, prompt_context, pad_token_id)
+
+    def __repr__(self) -> str:
+        return f"KGWLogitsProcessor({self.config})"
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a watermark processor holds a keyed PRF and cannot be pickled; "
+                        "rebuild it from its key in each process")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The public configuration (scheme, gamma, delta, h, PRF, key id). Never the key."""
+        return self.settings.public(self._prf.key_id)
+
+    def reset(self) -> None:
+        """Forget the current generation (it is also detected automatically)."""
+        self._tracker.reset()
+
+    def green_mask(self, windows: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Green tokens [B, V] (bool) after each window [B, h]."""
+        u = self._prf.row(windows, vocab_size)
+        return u < self.settings.gamma  # compared in u's dtype, as the detector compares
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        windows, _ = self._tracker.update(input_ids)
+        green = self.green_mask(windows, scores.shape[-1])
+        return torch.add(scores, green, alpha=self.settings.delta)  # + delta where green
+
+
+__all__ = ["KGWLogitsProcessor"]

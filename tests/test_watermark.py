@@ -1,0 +1,398 @@
+"""Generation-time watermarks: signal, vLLM's Gumbel choice, padding, refusals, CLI resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+from transformers import GenerationConfig, LogitsProcessorList
+
+from fingerprint.cli import main
+from fingerprint.core import get_prf
+from fingerprint.errors import ConfigError, InputError
+from fingerprint.keys import WatermarkKey
+from fingerprint.stats import binomial_test, gumbel_test
+from fingerprint.watermark import (
+    GumbelLogitsProcessor,
+    GumbelWatermarkingConfig,
+    KGWLogitsProcessor,
+    generate,
+    gumbel_argmax,
+    read_prompts,
+)
+
+KEY = WatermarkKey(bytes(range(32)))
+PROMPTS = ["Tell me about rivers.", "Hi"]
+V_TINY = 49_152
+
+
+def kgw_stats(results, key=KEY, gamma=0.25, h=2, prf="siphash24-v1"):
+    """(green count, scored count): windows reach into the prompt, as at generation."""
+    p = get_prf(prf, key, "kgw")
+    n_green = n = 0
+    for r in results:
+        u = p.score(np.array(r.prompt_ids + r.completion_ids), h)[len(r.prompt_ids):]
+        n_green += int((u < gamma).sum())
+        n += len(u)
+    return n_green, n
+
+
+def gumbel_stats(results, key=KEY, h=4, prf="siphash24-v1"):
+    """(score sum, count): completions alone, windows padded with -1 (vLLM's convention)."""
+    p = get_prf(prf, key, "gumbel")
+    u = np.concatenate([p.score(np.array(r.completion_ids), h) for r in results])
+    return float(-np.log1p(-u.astype(np.float64)).sum()), len(u)
+
+
+# -- the signal ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampling", [
+    {"do_sample": False},
+    {"temperature": 1.0},
+    {"temperature": 0.7, "top_k": 200, "top_p": 0.9},
+])
+def test_kgw_generations_carry_the_signal(tiny_model, default_tokenizer, sampling) -> None:
+    res = generate(tiny_model, default_tokenizer, PROMPTS, key=KEY, scheme="kgw", gamma=0.25,
+                   delta=4.0, max_new_tokens=24, min_new_tokens=24, seed=1, **sampling)
+    assert [r.prompt for r in res] == PROMPTS
+    assert all(len(r.completion_ids) == 24 for r in res)
+    n_green, n = kgw_stats(res)
+    assert n_green / n > 0.7
+    assert binomial_test(n_green, n, 0.25).log10_pvalue < -12
+    assert res[0].watermark == {"scheme": "kgw", "gamma": 0.25, "delta": 4.0, "context_width": 2,
+                                "prf": "siphash24-v1", "prompt_context": True,
+                                "key_id": KEY.key_id}
+
+
+def test_unwatermarked_generations_carry_no_signal(tiny_model, default_tokenizer) -> None:
+    res = generate(tiny_model, default_tokenizer, PROMPTS, scheme="none", max_new_tokens=32,
+                   min_new_tokens=32, seed=2)
+    assert res[0].watermark == {"scheme": "none"}
+    n_green, n = kgw_stats(res)
+    assert binomial_test(n_green, n, 0.25).log10_pvalue > -3
+    score, m = gumbel_stats(res)
+    assert gumbel_test(score, m).log10_pvalue > -3
+
+
+@pytest.mark.parametrize("prf,key", [("siphash24-v1", KEY),
+                                     ("philox4x32-10-v1", WatermarkKey.from_int(42))])
+def test_gumbel_generations_carry_the_signal(tiny_model, default_tokenizer, prf, key) -> None:
+    res = generate(tiny_model, default_tokenizer, PROMPTS, key=key, scheme="gumbel", prf=prf,
+                   max_new_tokens=24, min_new_tokens=24, temperature=1.0, top_p=0.95, seed=3)
+    score, n = gumbel_stats(res, key=key, prf=prf)
+    assert n == 48
+    assert gumbel_test(score, n).log10_pvalue < -12
+    assert res[0].watermark["scheme"] == "gumbel" and res[0].watermark["prf"] == prf
+    assert res[0].watermark["prompt_context"] is False
+
+
+# -- vLLM's Gumbel choice ----------------------------------------------------------------------
+def vllm_choice(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """vLLM 0.33 GumbelWatermarker._sample_watermarked, written out as it does it."""
+    uniforms = uniforms.clamp_min(torch.finfo(torch.float32).tiny)
+    noise = -torch.log(-torch.log(uniforms))
+    return torch.argmax(logits + noise, dim=-1)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_gumbel_choice_is_vllms(vllm_vectors, backend) -> None:
+    vocab = 151_936  # covers every token id of the vectors
+    cases = vllm_vectors["prf_cases"]
+    if backend == "torch":  # the torch path is slower on CPU: one key, every width
+        cases = [c for c in cases if c["key"] == 42]
+    gen = torch.Generator().manual_seed(0)
+    for case in cases:
+        key = WatermarkKey.from_int(case["key"])
+        prf = get_prf("philox4x32-10-v1", key, "gumbel")
+        ctx = torch.tensor([case["context"]] * 3)
+        u = prf.row(ctx, vocab, backend=backend)
+        assert u.dtype == torch.float32
+        assert u[0, case["tokens"]].tolist() == case["uniform_float32"]  # vLLM's own values
+        logits = torch.randn(3, vocab, generator=gen) * 4
+        logits[1, torch.randperm(vocab, generator=gen)[: vocab - 40]] = -torch.inf  # top-k
+        # logits = -noise: every token ties at exactly 0 in float32, so only vLLM's exact
+        # float32 arithmetic gives token 0 (any other rounding breaks the tie elsewhere)
+        logits[2] = torch.log(-torch.log(u[2].clamp_min(torch.finfo(torch.float32).tiny)))
+        proc = GumbelLogitsProcessor(key, len(case["context"]), "philox4x32-10-v1")
+        mine = proc.choose(logits, ctx)
+        assert torch.equal(mine, vllm_choice(logits, u))
+        assert torch.isfinite(logits[1, mine[1]]) and mine[2].item() == 0
+
+
+def test_gumbel_argmax_leaves_ties_to_the_lowest_index() -> None:
+    u = torch.full((1, 6), 0.5, dtype=torch.float32)
+    assert gumbel_argmax(torch.zeros(1, 6), u).item() == 0
+
+
+# -- windows and padding -----------------------------------------------------------------------
+def left_pad(rows: list[list[int]], pad: int) -> torch.Tensor:
+    width = max(map(len, rows))
+    return torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+
+
+def expected_kgw(scores, windows, prf, gamma, delta):
+    green = prf.row(torch.tensor(windows), scores.shape[-1]) < gamma
+    return torch.where(green, scores + delta, scores)
+
+
+def test_kgw_windows_reach_into_the_prompt_and_skip_left_padding() -> None:
+    pad, v, h = 2, 500, 3
+    prompts = [[5, 6, 7, 8, 9], [11], [13, 14]]
+    prf = get_prf("siphash24-v1", KEY, "kgw")
+    proc = KGWLogitsProcessor(KEY, gamma=0.3, delta=1.5, context_width=h, pad_token_id=pad)
+    scores = torch.randn(3, v)
+    ids = left_pad(prompts, pad)
+    out = proc(ids, scores)
+    want = expected_kgw(scores, [[7, 8, 9], [-1, -1, 11], [-1, 13, 14]], prf, 0.3, 1.5)
+    assert torch.equal(out, want)
+    ids2 = torch.cat([ids, torch.tensor([[pad], [40], [41]])], dim=1)  # row 0 sampled the pad id
+    out2 = proc(ids2, scores)
+    want2 = expected_kgw(scores, [[8, 9, pad], [-1, 11, 40], [13, 14, 41]], prf, 0.3, 1.5)
+    assert torch.equal(out2, want2)
+    for b, prompt in enumerate(prompts):  # each row alone: the same green lists
+        alone = KGWLogitsProcessor(KEY, gamma=0.3, delta=1.5, context_width=h, pad_token_id=pad)
+        assert torch.equal(alone(torch.tensor([prompt]), scores[b:b + 1])[0], out[b])
+        step = torch.tensor([prompt + ids2[b, -1:].tolist()])
+        assert torch.equal(alone(step, scores[b:b + 1])[0], out2[b])
+
+
+@pytest.mark.parametrize("prompt_context", [False, True])
+def test_gumbel_windows_and_left_padding(prompt_context) -> None:
+    pad, v, h = 2, 300, 2
+    prompts = [[5, 6, 7, 8], [11]]
+    prf = get_prf("siphash24-v1", KEY, "gumbel")
+    kw = {"prompt_context": prompt_context, "pad_token_id": pad, "check_placement": False}
+    proc = GumbelLogitsProcessor(KEY, h, **kw)
+    scores = torch.randn(2, v)
+    ids = left_pad(prompts, pad)
+    outs = [proc(ids, scores)]
+    ids = torch.cat([ids, torch.tensor([[30], [31]])], dim=1)
+    outs.append(proc(ids, scores))
+    windows = ([[7, 8], [-1, 11]], [[8, 30], [11, 31]]) if prompt_context else \
+        ([[-1, -1], [-1, -1]], [[-1, 30], [-1, 31]])
+    for out, win in zip(outs, windows, strict=True):
+        choice = gumbel_argmax(scores, prf.row(torch.tensor(win), v))
+        assert torch.equal(out.argmax(-1), choice)
+        assert torch.isfinite(out).sum().item() == 2  # one finite logit per row
+        assert torch.equal(out.gather(1, choice[:, None]), scores.gather(1, choice[:, None]))
+    for b, prompt in enumerate(prompts):
+        alone = GumbelLogitsProcessor(KEY, h, **kw)
+        assert torch.equal(alone(torch.tensor([prompt]), scores[b:b + 1])[0], outs[0][b])
+        nxt = torch.tensor([[*prompt, 30 + b]])
+        assert torch.equal(alone(nxt, scores[b:b + 1])[0], outs[1][b])
+
+
+@pytest.mark.parametrize("history,repeated", [(None, True), (2, True), (1, False)])
+def test_gumbel_single_turn_dedup(history, repeated) -> None:
+    proc = GumbelLogitsProcessor(KEY, 1, dedup_max_history=history, check_placement=False)
+    scores = torch.randn(1, 50)
+    outs = []
+    for gen in ([], [7], [7, 8], [7, 8, 7]):  # windows [-1], [7], [8], [7]
+        outs.append(proc(torch.tensor([[1, 2, 3, *gen]]), scores))
+    for out in outs[:3]:
+        assert torch.isfinite(out).sum().item() == 1
+    # the window [7] was used two steps earlier: plain sampling from the processed logits
+    assert torch.equal(outs[3], scores) == repeated
+    plain = GumbelLogitsProcessor(KEY, 1, deduplicate_contexts="none", check_placement=False)
+    for gen in ([], [7], [7, 8], [7, 8, 7]):
+        assert torch.isfinite(plain(torch.tensor([[1, 2, 3, *gen]]), scores)).sum().item() == 1
+
+
+# -- distortion-free -----------------------------------------------------------------------------
+@pytest.mark.parametrize("prf_name", ["siphash24-v1", "philox4x32-10-v1"])
+def test_gumbel_is_distortion_free(prf_name) -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -0.5, -1.0, -math.inf, 1.5]])
+    probs = torch.softmax(logits.double(), -1)[0].numpy()
+    rng = np.random.default_rng(5)
+    counts = np.zeros(8)
+    counts_wrong = np.zeros(8)
+    for i in range(20):  # 20 keys x 1000 random windows = 20k draws
+        key = WatermarkKey.from_int(1000 + i) if i % 2 else WatermarkKey.generate()
+        prf = get_prf(prf_name, key, "gumbel")
+        win = torch.from_numpy(rng.integers(0, 49_152, (1000, 4)))
+        u = prf.row(win, 8)
+        counts += np.bincount(gumbel_argmax(logits.expand(1000, 8), u.clone()).numpy(),
+                              minlength=8)
+        wrong = torch.argmax(logits - torch.log(u), dim=-1)  # exponential noise: biased
+        counts_wrong += np.bincount(wrong.numpy(), minlength=8)
+    assert counts[6] == 0
+    keep = probs > 0
+    expected = probs[keep] / probs[keep].sum() * counts.sum()
+    assert sps.chisquare(counts[keep], expected).pvalue > 1e-3
+    assert sps.chisquare(counts_wrong[keep], expected).pvalue < 1e-6
+
+
+# -- transformers integration and refusals -----------------------------------------------------
+def encode(tokenizer, prompts):
+    from fingerprint.models import chat_prompts
+
+    return tokenizer(chat_prompts(tokenizer, prompts), return_tensors="pt", padding=True,
+                     padding_side="left", add_special_tokens=False)
+
+
+def test_gumbel_runs_after_the_warpers_in_generate(tiny_model, default_tokenizer) -> None:
+    enc = encode(default_tokenizer, PROMPTS[:2])
+    greedy = tiny_model.generate(**enc, do_sample=False, max_new_tokens=8, min_new_tokens=8)
+    wm = GumbelWatermarkingConfig(KEY)
+    # top_k=1 leaves one finite logit: the watermark must see it, so it picks the greedy token
+    out = tiny_model.generate(**enc, watermarking_config=wm, do_sample=True, top_k=1,
+                              max_new_tokens=8, min_new_tokens=8)
+    assert torch.equal(out, greedy)
+    proc = wm.last_processor
+    assert proc is not None and proc.n_watermarked > 0
+    assert proc.n_watermarked + proc.n_repeated == 16  # repeated windows: plain sampling
+    sampled = tiny_model.generate(**enc, watermarking_config=wm, do_sample=True,
+                                  temperature=0.8, top_p=0.95, max_new_tokens=8)
+    assert not torch.equal(sampled, greedy)
+
+
+def test_gumbel_misuse_is_refused(tiny_model, default_tokenizer) -> None:
+    enc = encode(default_tokenizer, PROMPTS[:1])
+    wm = GumbelWatermarkingConfig(KEY)
+    with pytest.raises(ConfigError, match="greedy"):
+        tiny_model.generate(**enc, watermarking_config=wm, max_new_tokens=3)
+    with pytest.raises(ConfigError, match="beam"):
+        tiny_model.generate(**enc, watermarking_config=wm, do_sample=True, num_beams=2,
+                            max_new_tokens=3)
+    in_list = LogitsProcessorList([GumbelLogitsProcessor(KEY)])
+    with pytest.raises(ConfigError, match="TemperatureLogitsWarper"):
+        tiny_model.generate(**enc, logits_processor=in_list, do_sample=True, temperature=0.7,
+                            top_k=0, max_new_tokens=3)
+    for kw in ({"do_sample": False}, {"temperature": 0.0}):
+        with pytest.raises(ConfigError, match="greedy"):
+            generate(tiny_model, default_tokenizer, ["x"], key=KEY, scheme="gumbel", **kw)
+
+
+def test_bad_parameters_are_refused() -> None:
+    for gamma in (0, 1, -0.1, 1.5, math.nan, "0.3", True):
+        with pytest.raises(ConfigError):
+            KGWLogitsProcessor(KEY, gamma=gamma)
+    for delta in (-1.0, math.nan, math.inf, None):
+        with pytest.raises(ConfigError):
+            KGWLogitsProcessor(KEY, delta=delta)
+    for h in (0, 17, 2.0, None):
+        with pytest.raises(ConfigError):
+            KGWLogitsProcessor(KEY, context_width=h)
+        with pytest.raises(ConfigError):
+            GumbelLogitsProcessor(KEY, context_width=h)
+    with pytest.raises(ConfigError, match="unknown PRF"):
+        KGWLogitsProcessor(KEY, prf="md5")
+    with pytest.raises(ConfigError):
+        GumbelLogitsProcessor(KEY, deduplicate_contexts="all")
+    with pytest.raises(ConfigError, match="needs a key"):
+        generate(None, None, ["x"], scheme="kgw")
+    with pytest.raises(ConfigError, match="scheme"):
+        generate(None, None, ["x"], key=KEY, scheme="aar")  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        generate(None, None, "one string", key=KEY)
+    with pytest.raises(ConfigError, match="top_p"):
+        generate(None, None, ["x"], key=KEY, top_p=1.5)
+
+
+def test_public_configs_never_hold_the_key() -> None:
+    secret_b64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    wm = GumbelWatermarkingConfig(KEY)
+    kgw = KGWLogitsProcessor(KEY)
+    gc = GenerationConfig(watermarking_config=wm, do_sample=True)
+    texts = [repr(wm), wm.to_json_string(), json.dumps(wm.to_dict()), repr(kgw),
+             json.dumps(kgw.config), repr(gc), gc.to_json_string()]
+    assert all(secret_b64 not in t and KEY.key_id in t for t in texts[:-2])
+    assert all(secret_b64 not in t for t in texts)
+    for obj in (wm, kgw, GumbelLogitsProcessor(KEY)):
+        with pytest.raises(TypeError):
+            pickle.dumps(obj)
+    with pytest.raises(ConfigError):
+        GumbelWatermarkingConfig.from_dict(wm.to_dict())
+
+
+# -- the prompts file and the resumable CLI ------------------------------------------------------
+def write_prompts(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_read_prompts_reports_broken_lines(tmp_path) -> None:
+    p = tmp_path / "p.jsonl"
+    write_prompts(p, ['{"prompt": "a"}', '{"prompt": ', "", '["x"]', '{"prompt": "b"}',
+                      '{"text": "c"}', '{"prompt": "  "}'])
+    prompts, errors = read_prompts(p)
+    assert [(x.line, x.prompt) for x in prompts] == [(1, "a"), (5, "b")]
+    assert [e.split(":")[1] for e in errors] == ["2", "4", "6", "7"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_model, default_tokenizer):
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_model.save_pretrained(d)
+    default_tokenizer.save_pretrained(d)
+    return d
+
+
+def test_cli_generate_resumes(tmp_path, tiny_dir, capsys) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    texts = [f"Say something about the number {i}." for i in range(6)]
+    lines = [json.dumps({"prompt": t}) for t in texts]
+    lines.insert(2, '{"prompt": "broken')  # line 3
+    write_prompts(prompts, lines)
+    key = tmp_path / "k.key"
+    KEY.save(key)
+    out = tmp_path / "out" / "wm.jsonl"
+    args = ["generate", "--prompts", str(prompts), "--out", str(out), "--model", str(tiny_dir),
+            "--key", str(key), "--max-new-tokens", "4", "--batch-size", "2", "--seed", "0",
+            "--quiet"]
+    assert main([*args, "--max-prompts", "3"]) == 0  # an interrupted run: 3 of 6 done
+    err = capsys.readouterr().err
+    assert f"{prompts}:3: not valid JSON" in err
+    assert len(out.read_text().splitlines()) == 3
+    with out.open("a") as f:  # and a kill in the middle of writing the 4th
+        f.write('{"line": 5, "prompt_sha256": "ab')
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "truncated last line" in captured.err
+    assert "wrote 3 results" in captured.out
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["line"] for r in recs] == [1, 2, 4, 5, 6, 7]  # each prompt once, in order
+    assert [r["prompt"] for r in recs] == texts
+    r = recs[0]
+    assert set(r) >= {"prompt", "completion", "completion_token_ids", "prompt_token_ids",
+                      "watermark", "sampling"}
+    assert r["watermark"]["key_id"] == KEY.key_id and "secret" not in json.dumps(r)
+    assert 1 <= len(r["completion_token_ids"]) <= 4
+    assert main(args) == 0 and "wrote 0 results" in capsys.readouterr().out
+    assert main([*args, "--delta", "3"]) == 2  # other settings: refuse to mix them in
+    assert "different watermark" in capsys.readouterr().err
+
+
+def test_cli_generate_needs_a_key(tmp_path, tiny_dir, capsys) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, ['{"prompt": "hello"}'])
+    out = tmp_path / "out.jsonl"
+    base = ["generate", "--prompts", str(prompts), "--out", str(out), "--model", str(tiny_dir),
+            "--max-new-tokens", "2", "--quiet"]
+    assert main(base) == 2
+    assert "error: --key" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--key", str(tmp_path / "missing.key")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "--no-watermark"]) == 0
+    assert json.loads(out.read_text())["watermark"] == {"scheme": "none"}
+
+
+# -- the real model --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_smollm2_generates_watermarked_text() -> None:
+    from fingerprint.models import load_default_model
+
+    model, tokenizer = load_default_model()
+    for scheme, prompts in (("kgw", ["Name a color.", "Explain tides in one sentence."]),
+                            ("gumbel", ["Name a fruit."])):
+        res = generate(model, tokenizer, prompts, key=KEY, scheme=scheme, max_new_tokens=4,
+                       temperature=0.7, seed=0)
+        assert len(res) == len(prompts)
+        for r in res:
+            assert 1 <= len(r.completion_ids) <= 4
+            assert r.prompt_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+            assert r.completion == tokenizer.decode(r.completion_ids, skip_special_tokens=True)
+        assert res[0].watermark["scheme"] == scheme
