@@ -52,7 +52,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--retries", type=int, default=5)
     p.add_argument("--rate-limit", type=float, default=None, help="requests per second")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the random control keys (recorded, so controls can be redone)")
     p.add_argument("--out", default="audit.json", help="machine-readable result (JSON)")
+    p.add_argument("--report", default=None,
+                   help="also write an evidence report here (JSON, plus .html beside it)")
+    p.add_argument("--signing-key", default=None,
+                   help="Ed25519 key (from `fingerprint keygen --signing`) to sign the report")
     p.set_defaults(func=cmd_audit)
 
 
@@ -103,7 +109,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         model, tok = load_model(args.suspect)
         res = audit_open(model, teacher, key, cfg, vocab_size=len(tok), top_k=args.top_k,
-                         n_controls=args.controls, progress=True,
+                         n_controls=args.controls, seed=args.seed, progress=True,
                          suspect_info={"kind": "weights", "spec": args.suspect,
                                        "model_sha256": model_fingerprint(model)},
                          inputs_info=inputs)
@@ -135,13 +141,37 @@ def cmd_audit(args: argparse.Namespace) -> int:
         res = audit_closed(client, prompts, key, cfg, tokenizer=tok, checkpoint=checkpoint,
                            teacher=teacher if args.filter_top_n else None,
                            filter_top_n=args.filter_top_n, n_controls=args.controls,
-                           progress=True, inputs_info=inputs)
+                           seed=args.seed, progress=True, inputs_info=inputs)
         res.inputs["answers_checkpoint"] = {"path": str(checkpoint),
                                             "sha256": file_digest(checkpoint)}
     print_summary(res)
     Path(args.out).write_text(json.dumps(res.to_dict(), indent=2))
     print(f"wrote {args.out}")
+    if args.report:
+        write_report(args, res, tok, model if args.mode == "open" else None)
     return 0
+
+
+def write_report(args: argparse.Namespace, res: AuditResult, tokenizer: Any, model: Any) -> None:
+    """The evidence report of an audit: JSON (signed when a signing key is given) and HTML."""
+    from fingerprint.report.html import write_html
+    from fingerprint.report.model import dump_report, report_from_audit
+    from fingerprint.report.sign import public_key_path_for, sign_report
+
+    inputs: dict[str, Any] = {"teacher": Path(args.teacher_corpus)}
+    if args.mode == "closed":
+        inputs["prompts"] = Path(args.prompts)
+        inputs["answers"] = Path(res.inputs["answers_checkpoint"]["path"])
+    report = report_from_audit(res, inputs=inputs, controls_seed=args.seed, tokenizer=tokenizer,
+                               tokenizer_spec="default", vocab_size=len(tokenizer),
+                               suspect_model=model)
+    public = None
+    if args.signing_key:
+        report = sign_report(report, args.signing_key)
+        public = public_key_path_for(args.signing_key)
+    path = dump_report(report, args.report)
+    html = write_html(report, Path(args.report).with_suffix(".html"), public_key=public)
+    print(f"wrote {path} ({'signed' if public else 'unsigned'}) and {html}")
 
 
 __all__ = ["add_parsers", "cmd_audit", "file_digest", "print_summary"]

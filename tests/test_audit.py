@@ -160,9 +160,15 @@ def test_cli_audit_open_mode(students, default_tokenizer, tmp_path, capsys) -> N
         for t in held_out_teacher(120)) + "{broken\n")
     key_path = KEY.save(tmp_path / "k.key")
     out = tmp_path / "audit.json"
+    assert main(["keygen", "--signing", "--out", str(tmp_path / "sign.pem")]) == 0
     assert main(["audit", "--mode", "open", "--suspect", str(model_dir), "--teacher-corpus",
                  str(corpus), "--key", str(key_path), "--context-width", "1", "--controls",
-                 "30", "--out", str(out)]) == 0
+                 "30", "--seed", "7", "--out", str(out), "--report",
+                 str(tmp_path / "report.json"), "--signing-key", str(tmp_path / "sign.pem")]) == 0
+    from fingerprint.report.sign import verify_report
+
+    verify_report(tmp_path / "report.json", tmp_path / "sign.pub.pem")
+    assert (tmp_path / "report.html").stat().st_size > 10_000
     printed = capsys.readouterr()
     assert "REJECTED" in printed.out and "skipped teacher row" in printed.err
     data = json.loads(out.read_text())
