@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus
+from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus, record_ids
 from fingerprint.detect.detector import SCHEMES, Detector, DetectorConfig
 from fingerprint.detect.normalize import NormalizeConfig
-from fingerprint.detect.text import encode_text
 from fingerprint.detect.tuples import DEDUP_POLICIES
-from fingerprint.errors import ConfigError, InputError
+from fingerprint.errors import ConfigError
 from fingerprint.keys import WatermarkKey
 
 
@@ -177,11 +176,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     tok = _LazyTokenizer(args.tokenizer)
     seqs, proms = [], []
     for rec in reader:
-        try:
-            ids = (np.asarray(rec.ids, dtype=np.int64) if rec.ids is not None
-                   else encode_text(rec.text or "", tok, normalize=_normalize(args)).ids)
-        except InputError as err:
-            reader.skipped.append(Skipped(rec.source, rec.row, str(err)))
+        ids = record_ids(rec, tok, _normalize(args), None)
+        if isinstance(ids, Skipped):
+            reader.skipped.append(ids)
             continue
         seqs.append(ids)
         proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))

@@ -136,6 +136,24 @@ def _is_id_list(v: Any) -> bool:
         isinstance(t, int | np.integer) and not isinstance(t, bool) for t in v)
 
 
+def record_ids(rec: Record, tokenizer: Any, normalize: NormalizeConfig | None,
+               vocab_size: int | None) -> np.ndarray | Skipped:
+    """A record's completion token ids (tokenizing text), or why the row cannot be used."""
+    if rec.ids is not None:
+        ids = np.asarray(rec.ids, dtype=np.int64)
+    else:
+        if tokenizer is None:
+            raise InputError(f"{rec.source} row {rec.row} is text: give a tokenizer")
+        try:
+            ids = encode_text(rec.text or "", tokenizer, normalize=normalize).ids
+        except InputError as err:
+            return Skipped(rec.source, rec.row, str(err))
+    if vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        return Skipped(rec.source, rec.row, f"token ids outside [0, {vocab_size}): wrong "
+                                            "tokenizer?")
+    return ids
+
+
 def detect_corpus(
     detector: Detector,
     records: CorpusReader | list[Record],
@@ -161,19 +179,9 @@ def detect_corpus(
         proms.clear()
 
     for rec in records:
-        if rec.ids is not None:
-            ids = np.asarray(rec.ids, dtype=np.int64)
-        else:
-            if tokenizer is None:
-                raise InputError(f"{rec.source} row {rec.row} is text: give a tokenizer")
-            try:
-                ids = encode_text(rec.text or "", tokenizer, normalize=normalize).ids
-            except InputError as err:
-                skipped.append(Skipped(rec.source, rec.row, str(err)))
-                continue
-        if vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-            skipped.append(Skipped(rec.source, rec.row,
-                                   f"token ids outside [0, {vocab_size}): wrong tokenizer?"))
+        ids = record_ids(rec, tokenizer, normalize, vocab_size)
+        if isinstance(ids, Skipped):
+            skipped.append(ids)
             continue
         seqs.append(ids)
         proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
@@ -190,4 +198,4 @@ def detect_corpus(
     return detector.result(state), skipped
 
 
-__all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus"]
+__all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "record_ids"]

@@ -35,10 +35,9 @@ from fingerprint.audit.controls import run_controls
 from fingerprint.audit.reading import TeacherText
 from fingerprint.audit.reading import read_teacher as read_teacher_rows
 from fingerprint.detect.calibrate import ScoredBatch
-from fingerprint.detect.corpus import BATCH_TOKENS, CorpusReader, Skipped, detect_corpus
+from fingerprint.detect.corpus import BATCH_TOKENS, CorpusReader, Skipped, detect_corpus, record_ids
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
 from fingerprint.detect.normalize import NormalizeConfig
-from fingerprint.detect.text import encode_text
 from fingerprint.errors import InputError
 from fingerprint.keys import WatermarkKey, as_key
 from fingerprint.report.model import (
@@ -237,17 +236,9 @@ def detect_files(
         recs.clear()
 
     for rec in reader:
-        if rec.ids is not None:
-            ids = np.asarray(rec.ids, dtype=np.int64)
-        else:
-            try:
-                ids = encode_text(rec.text or "", tok, normalize=normalize).ids
-            except InputError as err:
-                skipped.append(Skipped(rec.source, rec.row, str(err)))
-                continue
-        if vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-            skipped.append(Skipped(rec.source, rec.row,
-                                   f"token ids outside [0, {vocab_size}): wrong tokenizer?"))
+        ids = record_ids(rec, tok, normalize, vocab_size)
+        if isinstance(ids, Skipped):
+            skipped.append(ids)
             continue
         seqs.append(ids)
         proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
