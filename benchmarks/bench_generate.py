@@ -4,8 +4,8 @@ One run, on the embedded SmolLM2-135M-Instruct (CPU, float32), prompts from
 ``fingerprint/data/prompts.jsonl`` through the chat template, for batch sizes B = 1 and B = 16:
 
 * ``plain``: ``model.generate`` with no watermark;
-* ``ours-kgw``: :class:`~fingerprint.watermark.KGWLogitsProcessor` (gamma 0.25, delta 2, h 2,
-  siphash24-v1) in ``logits_processor=``;
+* ``ours-kgw``: :class:`~fingerprint.watermark.KGWWatermarkingConfig` (gamma 0.25, delta 2,
+  h 2, siphash24-v1), i.e. after temperature like transformers' own (what ``generate`` uses);
 * ``ours-gumbel``: :class:`~fingerprint.watermark.GumbelWatermarkingConfig` (h 4, siphash24-v1);
 * ``hf-lefthash``, ``hf-selfhash``: transformers' ``WatermarkLogitsProcessor`` through its
   ``WatermarkingConfig`` (gamma 0.25, delta 2; h 1 for lefthash, h 4 for selfhash as in the
@@ -13,8 +13,9 @@ One run, on the embedded SmolLM2-135M-Instruct (CPU, float32), prompts from
 
 Every method samples with the same settings (temperature 0.7, no top-k/top-p) and the same seed
 (``torch.manual_seed`` before each call), with ``min_new_tokens = max_new_tokens`` (128) so that
-all produce the same number of tokens. Methods are interleaved, repeat by repeat, so that load
-changes hit them alike; each is warmed up first (numba kernels load from their disk cache).
+all produce the same number of tokens. Methods are interleaved, repeat by repeat, in a rotating
+order between two ``plain`` runs (both count for ``plain``), so that load changes hit them
+alike; each is warmed up first (numba kernels load from their disk cache).
 
 Printed per batch size and method:
 
@@ -56,7 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, WatermarkDetector, WatermarkingConfig
+from transformers import LogitsProcessor, WatermarkDetector, WatermarkingConfig
 from transformers.generation.configuration_utils import BaseWatermarkingConfig
 from transformers.generation.logits_process import WatermarkLogitsProcessor
 
@@ -66,6 +67,7 @@ from fingerprint.watermark import (
     GumbelLogitsProcessor,
     GumbelWatermarkingConfig,
     KGWLogitsProcessor,
+    KGWWatermarkingConfig,
 )
 
 PROMPTS_FILE = Path(__file__).resolve().parents[1] / "fingerprint" / "data" / "prompts.jsonl"
@@ -129,9 +131,9 @@ class TimedWatermarking(BaseWatermarkingConfig):
 def method_kwargs(method: str, key: WatermarkKey, pad: int, timer: Timed) -> dict[str, Any]:
     """The generate keywords that switch a method on, its processor timed by ``timer``."""
     if method == "ours-kgw":
-        timer.inner = KGWLogitsProcessor(key, gamma=GAMMA, delta=DELTA, context_width=KGW_H,
-                                         pad_token_id=pad)
-        return {"logits_processor": LogitsProcessorList([timer])}
+        wm = KGWWatermarkingConfig(key, gamma=GAMMA, delta=DELTA, context_width=KGW_H,
+                                   pad_token_id=pad)
+        return {"watermarking_config": TimedWatermarking(wm, timer)}
     if method == "ours-gumbel":
         wm = GumbelWatermarkingConfig(key, context_width=GUMBEL_H)
         return {"watermarking_config": TimedWatermarking(wm, timer)}
@@ -224,8 +226,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with torch.inference_mode():
                 model.generate(**enc, **{**base, "max_new_tokens": 4, "min_new_tokens": 4},
                                **method_kwargs(m, key, tokenizer.pad_token_id, Timed()))
+        marked = METHODS[1:]
         for rep in range(reps):
-            for m in METHODS:
+            k = rep % len(marked)
+            for m in ("plain", *marked[k:], *marked[:k], "plain"):
                 timer = Timed()
                 kw = method_kwargs(m, key, tokenizer.pad_token_id, timer)
                 torch.manual_seed(1234)
@@ -236,8 +240,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cpu[m].append(time.process_time() - c)
                 in_run[m].append(100 * timer.seconds / (times[m][-1] - timer.seconds))
                 outputs.setdefault(m, out)
-                print(f"  B={b} repeat {rep + 1}/{reps} {m:<12} {times[m][-1]:7.2f} s",
-                      file=sys.stderr, flush=True)
+                print(f"  B={b} repeat {rep + 1}/{reps} {m:<12} {times[m][-1]:7.2f} s "
+                      f"(in the watermark: {timer.seconds:.2f} s)", file=sys.stderr, flush=True)
         rows = {}
         plain_s = statistics.median(times["plain"])
         plain_cpu = statistics.median(cpu["plain"])

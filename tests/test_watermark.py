@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from fingerprint.watermark import (
     GumbelLogitsProcessor,
     GumbelWatermarkingConfig,
     KGWLogitsProcessor,
+    KGWWatermarkingConfig,
     generate,
     gumbel_argmax,
     read_prompts,
@@ -250,6 +252,25 @@ def test_gumbel_runs_after_the_warpers_in_generate(tiny_model, default_tokenizer
     assert not torch.equal(sampled, greedy)
 
 
+def test_kgw_placements_in_generate(tiny_model, default_tokenizer) -> None:
+    enc = encode(default_tokenizer, PROMPTS)
+    kw = {"do_sample": True, "top_k": 1, "max_new_tokens": 8, "min_new_tokens": 8}
+    greedy = tiny_model.generate(**enc, do_sample=False, max_new_tokens=8, min_new_tokens=8)
+    # after top-k=1 (watermarking_config) the bias cannot move the only finite token ...
+    last = KGWWatermarkingConfig(KEY, delta=4.0, pad_token_id=default_tokenizer.pad_token_id)
+    assert torch.equal(tiny_model.generate(**enc, watermarking_config=last, **kw), greedy)
+    assert isinstance(last.last_processor, KGWLogitsProcessor)
+    # ... before it (logits_processor) it picks the argmax of the biased logits instead
+    first = KGWLogitsProcessor(KEY, delta=4.0, pad_token_id=default_tokenizer.pad_token_id)
+    out = tiny_model.generate(**enc, logits_processor=LogitsProcessorList([first]), **kw)
+    assert not torch.equal(out, greedy)
+    width = enc["input_ids"].shape[1]
+    res = [SimpleNamespace(prompt_ids=enc["input_ids"][b][enc["attention_mask"][b].bool()]
+                           .tolist(), completion_ids=out[b, width:].tolist())
+           for b in range(len(PROMPTS))]
+    assert kgw_stats(res)[0] == 16  # every biased argmax is green
+
+
 def test_gumbel_misuse_is_refused(tiny_model, default_tokenizer) -> None:
     enc = encode(default_tokenizer, PROMPTS[:1])
     wm = GumbelWatermarkingConfig(KEY)
@@ -295,18 +316,20 @@ def test_bad_parameters_are_refused() -> None:
 
 def test_public_configs_never_hold_the_key() -> None:
     secret_b64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
-    wm = GumbelWatermarkingConfig(KEY)
+    wm, kwm = GumbelWatermarkingConfig(KEY), KGWWatermarkingConfig(KEY)
     kgw = KGWLogitsProcessor(KEY)
     gc = GenerationConfig(watermarking_config=wm, do_sample=True)
-    texts = [repr(wm), wm.to_json_string(), json.dumps(wm.to_dict()), repr(kgw),
+    texts = [repr(wm), wm.to_json_string(), json.dumps(wm.to_dict()), repr(kgw), repr(kwm),
              json.dumps(kgw.config), repr(gc), gc.to_json_string()]
     assert all(secret_b64 not in t and KEY.key_id in t for t in texts[:-2])
     assert all(secret_b64 not in t for t in texts)
-    for obj in (wm, kgw, GumbelLogitsProcessor(KEY)):
+    assert kwm.config == kgw.config
+    for obj in (wm, kwm, kgw, GumbelLogitsProcessor(KEY)):
         with pytest.raises(TypeError):
             pickle.dumps(obj)
-    with pytest.raises(ConfigError):
-        GumbelWatermarkingConfig.from_dict(wm.to_dict())
+    for cfg in (wm, kwm):
+        with pytest.raises(ConfigError):
+            type(cfg).from_dict(cfg.to_dict())
 
 
 # -- the prompts file and the resumable CLI ------------------------------------------------------

@@ -3,7 +3,9 @@
 Both schemes get every keyed value from the shared core (``fingerprint/core``), so what they
 embed is exactly what the detector checks. See ``docs/watermark.md``.
 
-* :class:`KGWLogitsProcessor`: a transformers logits processor (``logits_processor=``).
+* :class:`KGWLogitsProcessor`: a transformers logits processor (``logits_processor=``, before
+  temperature/top-k/top-p); :class:`KGWWatermarkingConfig` places it after them
+  (``watermarking_config=``).
 * :class:`GumbelWatermarkingConfig`: Gumbel-max for ``model.generate(watermarking_config=...)``;
   :class:`GumbelLogitsProcessor` is the processor it builds (it must run last).
 * :func:`generate`: batched watermarked generation of a list of prompts.
@@ -24,7 +26,7 @@ from fingerprint.watermark.gumbel import (
     GumbelWatermarkingConfig,
     gumbel_argmax,
 )
-from fingerprint.watermark.kgw import KGWLogitsProcessor
+from fingerprint.watermark.kgw import KGWLogitsProcessor, KGWWatermarkingConfig
 
 __all__ = [
     "GenerationResult",
@@ -33,6 +35,7 @@ __all__ = [
     "GumbelWatermarkingConfig",
     "KGWConfig",
     "KGWLogitsProcessor",
+    "KGWWatermarkingConfig",
     "generate",
     "generate_jsonl",
     "gumbel_argmax",

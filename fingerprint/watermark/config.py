@@ -16,15 +16,17 @@ from is the ``prompt_context`` switch:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+from transformers.generation.configuration_utils import BaseWatermarkingConfig
 
 from fingerprint.core import DEFAULT_PRF, prf_class
 from fingerprint.core.contexts import PAD, check_context_width
-from fingerprint.errors import ConfigError
+from fingerprint.errors import ConfigError, InputError
 
 MAX_GENERATION_CONTEXT_WIDTH = 16
 DEFAULT_CONTEXT_WIDTH: dict[str, int] = {"kgw": 2, "gumbel": 4}
@@ -191,12 +193,75 @@ class ContextTracker:
 
     def windows(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The current windows [B, h] of ``input_ids`` under the recorded generation start."""
-        assert self._first is not None
+        if self._first is None:
+            raise InputError("no generation started yet: call update(input_ids) first")
         length = input_ids.shape[1]
         pos = torch.arange(length - self.h, length, device=input_ids.device)
         vals = input_ids[:, pos.clamp(min=0)].to(torch.int64)
         valid = pos[None, :] >= self._first[:, None]  # also false for pos < 0
         return torch.where(valid, vals, torch.full_like(vals, PAD))
+
+
+class KeyedWatermarkingConfig(BaseWatermarkingConfig):
+    """Base of the ``watermarking_config=`` objects: public forms only, never the key.
+
+    transformers deep-copies, compares, prints and serializes generation configs; here all of
+    that sees the public configuration (:attr:`config`). A copy is the object itself (it is
+    immutable; its keyed PRF cannot be copied or pickled). Subclasses set :attr:`config` and
+    :meth:`construct_processor`, which records its processor in :attr:`last_processor`.
+    """
+
+    last_processor: Any = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The public configuration. Never the key."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> KeyedWatermarkingConfig:
+        """Refused: a public configuration has no key to rebuild the watermark from."""
+        raise ConfigError(f"a {cls.__name__} cannot be rebuilt from its public dict; build it "
+                          f"from the key: {cls.__name__}(key, ...)")
+
+    def validate(self) -> None:
+        """Parameters are validated at construction."""
+
+    def construct_processor(self, vocab_size: int, device: Any = None) -> Any:
+        """A fresh processor for one generate call (the vocabulary size is read from logits)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public configuration (no key)."""
+        return self.config
+
+    def to_json_string(self) -> str:
+        """The public configuration as JSON."""
+        return json.dumps(self.config, indent=2) + "\n"
+
+    def __iter__(self) -> Any:
+        yield from self.config.items()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyedWatermarkingConfig):
+            return NotImplemented
+        return type(self) is type(other) and self.config == other.config
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.config.items())))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KeyedWatermarkingConfig:
+        return self
+
+    def __copy__(self) -> KeyedWatermarkingConfig:
+        return self
+
+    def __reduce__(self) -> tuple:
+        raise TypeError(f"a {type(self).__name__} holds a keyed PRF and cannot be pickled; "
+                        "rebuild it from its key in each process")
 
 
 __all__ = [
@@ -208,5 +273,6 @@ __all__ = [
     "DedupMode",
     "GumbelConfig",
     "KGWConfig",
+    "KeyedWatermarkingConfig",
     "check_generation_context_width",
 ]

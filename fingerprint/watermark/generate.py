@@ -4,10 +4,11 @@
     results = generate(model, tokenizer, ["Explain tides."], key=key, scheme="kgw")
     results[0].completion, results[0].completion_ids, results[0].watermark
 
-Prompts go in batches, left-padded, through the chat template (``chat=True``). KGW runs as a
-``logits_processor`` (before temperature, top-k and top-p); Gumbel as a ``watermarking_config``
-(after them, with sampling on). :func:`generate_jsonl` runs a prompts file to a results file and
-resumes where an interrupted run stopped.
+Prompts go in batches, left-padded, through the chat template (``chat=True``). Both schemes
+run as a ``watermarking_config``, after temperature, top-k and top-p: KGW's ``delta`` then
+biases the distribution actually sampled from (as transformers' and vLLM's KGW do), and
+Gumbel-max sees the processed logits it needs (it also needs sampling). :func:`generate_jsonl`
+runs a prompts file to a results file and resumes where an interrupted run stopped.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import LogitsProcessorList
 
 from fingerprint.core import DEFAULT_PRF
 from fingerprint.errors import ConfigError, InputError
 from fingerprint.keys import WatermarkKey, as_key
 from fingerprint.watermark.config import DEFAULT_CONTEXT_WIDTH
 from fingerprint.watermark.gumbel import GumbelWatermarkingConfig
-from fingerprint.watermark.kgw import KGWLogitsProcessor
+from fingerprint.watermark.kgw import KGWWatermarkingConfig
 
 Scheme = Literal["kgw", "gumbel", "none"]
 GENERATION_SCHEMES: tuple[str, ...] = ("kgw", "gumbel", "none")
@@ -139,11 +139,12 @@ def make_watermark(
                           "unwatermarked control")
     key = as_key(key)
     h = DEFAULT_CONTEXT_WIDTH[scheme] if context_width is None else context_width
+    wm: KGWWatermarkingConfig | GumbelWatermarkingConfig
     if scheme == "kgw":
-        proc = KGWLogitsProcessor(key, gamma=gamma, delta=delta, context_width=h, prf=prf,
-                                  pad_token_id=pad_token_id)
-        return {"logits_processor": LogitsProcessorList([proc])}, proc.config
-    wm = GumbelWatermarkingConfig(key, context_width=h, prf=prf, pad_token_id=pad_token_id)
+        wm = KGWWatermarkingConfig(key, gamma=gamma, delta=delta, context_width=h, prf=prf,
+                                   pad_token_id=pad_token_id)
+    else:
+        wm = GumbelWatermarkingConfig(key, context_width=h, prf=prf, pad_token_id=pad_token_id)
     return {"watermarking_config": wm}, wm.config
 
 
@@ -223,8 +224,6 @@ def iter_generate(
         enc = tokenizer(_render(tokenizer, batch, chat), return_tensors="pt", padding=True,
                         padding_side="left", add_special_tokens=not chat)
         enc = {k: v.to(device) for k, v in enc.items()}
-        for proc in gen_kwargs.get("logits_processor", []):
-            proc.reset()  # a new generation (also detected automatically)
         if seed is not None:
             torch.manual_seed(seed + start)  # each batch reproducible on its own
         with torch.inference_mode():
@@ -270,7 +269,8 @@ def generate(
 ) -> list[GenerationResult]:
     """Generate watermarked completions of ``prompts`` (a list of strings), in order.
 
-    ``scheme``: ``"kgw"`` (green lists, ``gamma``/``delta``; works with greedy decoding too),
+    ``scheme``: ``"kgw"`` (green lists, ``gamma``/``delta`` added to the processed logits;
+    works with greedy decoding too),
     ``"gumbel"`` (distortion-free; needs sampling) or ``"none"`` (no watermark, no key).
     ``context_width`` defaults to 2 for KGW and 4 for Gumbel. ``chat=True`` applies the
     tokenizer's chat template. ``seed`` seeds torch's global RNG before each batch.

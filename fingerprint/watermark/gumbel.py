@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-from transformers.generation.configuration_utils import BaseWatermarkingConfig
 from transformers.generation.logits_process import LogitNormalization
 
 from fingerprint.core import DEFAULT_PRF, PRF, get_prf
@@ -43,6 +42,7 @@ from fingerprint.watermark.config import (
     ContextTracker,
     DedupMode,
     GumbelConfig,
+    KeyedWatermarkingConfig,
 )
 
 _FRAMES_TO_SEARCH = 12
@@ -218,7 +218,7 @@ def _find_generation_frames(
         del frame
 
 
-class GumbelWatermarkingConfig(BaseWatermarkingConfig):
+class GumbelWatermarkingConfig(KeyedWatermarkingConfig):
     """The Gumbel watermark for ``model.generate(..., watermarking_config=...)``.
 
     transformers appends the processor this builds after temperature, top-k and top-p, which is
@@ -255,54 +255,11 @@ class GumbelWatermarkingConfig(BaseWatermarkingConfig):
         """The public configuration. Never the key."""
         return self._settings.public(self._prf.key_id)
 
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> GumbelWatermarkingConfig:
-        """Refused: a public configuration has no key to rebuild the watermark from."""
-        raise ConfigError("a Gumbel watermarking config cannot be rebuilt from its public dict; "
-                          "build it from the key: GumbelWatermarkingConfig(key, ...)")
-
-    def validate(self) -> None:
-        """Parameters are validated at construction."""
-
     def construct_processor(self, vocab_size: int, device: Any = None) -> GumbelLogitsProcessor:
         """A fresh processor for one generate call (the vocabulary size is read from logits)."""
         self.last_processor = GumbelLogitsProcessor._from_prf(self._settings, self._prf,
                                                               self._pad_token_id)
         return self.last_processor
-
-    def to_dict(self) -> dict[str, Any]:
-        """The public configuration (no key)."""
-        return self.config
-
-    def to_json_string(self) -> str:
-        """The public configuration as JSON."""
-        import json
-
-        return json.dumps(self.config, indent=2) + "\n"
-
-    def __iter__(self) -> Any:
-        yield from self.config.items()
-
-    def __repr__(self) -> str:
-        return f"GumbelWatermarkingConfig({self.config})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, GumbelWatermarkingConfig):
-            return NotImplemented
-        return self.config == other.config
-
-    def __hash__(self) -> int:
-        return hash(tuple(sorted(self.config.items())))
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> GumbelWatermarkingConfig:
-        return self  # immutable; transformers deep-copies generation configs
-
-    def __copy__(self) -> GumbelWatermarkingConfig:
-        return self
-
-    def __reduce__(self) -> tuple:
-        raise TypeError("a watermarking config holds a keyed PRF and cannot be pickled; "
-                        "rebuild it from its key in each process")
 
 
 __all__ = ["GumbelLogitsProcessor", "GumbelWatermarkingConfig", "gumbel_argmax"]

@@ -6,11 +6,14 @@ sampled; every green logit gets ``+delta``. One :meth:`~fingerprint.core.PRF.row
 gives the values of the whole vocabulary for all rows at once (the fused numba kernel on CPU,
 torch ops on CUDA), then one masked add.
 
-    proc = KGWLogitsProcessor(key, gamma=0.25, delta=2.0, pad_token_id=tokenizer.pad_token_id)
-    model.generate(**inputs, logits_processor=LogitsProcessorList([proc]), do_sample=True)
+Two placements in transformers' ``generate``, both also valid for greedy decoding:
 
-In ``logits_processor=`` transformers runs it before temperature, top-k and top-p, so the bias
-is added to the model's logits (the original KGW recipe) and works with greedy decoding too.
+* ``watermarking_config=KGWWatermarkingConfig(key, ...)``: after temperature, top-k and top-p,
+  so ``delta`` is the bias of the distribution actually sampled from (where transformers' own
+  and vLLM's KGW put it; :func:`fingerprint.watermark.generate` uses this);
+* ``logits_processor=LogitsProcessorList([KGWLogitsProcessor(key, ...)])``: before them, on the
+  model's logits (the original KGW code's placement); temperature ``T`` then makes the
+  effective bias ``delta / T``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from transformers import LogitsProcessor
 
 from fingerprint.core import DEFAULT_PRF, PRF, get_prf
 from fingerprint.keys import WatermarkKey
-from fingerprint.watermark.config import ContextTracker, KGWConfig
+from fingerprint.watermark.config import ContextTracker, KeyedWatermarkingConfig, KGWConfig
 
 
 class KGWLogitsProcessor(LogitsProcessor):
@@ -53,10 +56,23 @@ class KGWLogitsProcessor(LogitsProcessor):
         prompt_context: bool = True,
         pad_token_id: int | None = None,
     ) -> None:
-        self.settings = KGWConfig(gamma=gamma, delta=delta, context_width=context_width, prf=prf,
-                                  prompt_context=prompt_context)
-        self._prf: PRF = get_prf(self.settings.prf, key, KGWConfig.scheme)  # type: ignore[arg-type]
-        self._tracker = ContextTracker(self.settings.context_width, prompt_context, pad_token_id)
+        settings = KGWConfig(gamma=gamma, delta=delta, context_width=context_width, prf=prf,
+                             prompt_context=prompt_context)
+        prf_obj = get_prf(settings.prf, key, KGWConfig.scheme)  # type: ignore[arg-type]
+        self._setup(settings, prf_obj, pad_token_id)
+
+    @classmethod
+    def _from_prf(cls, settings: KGWConfig, prf: PRF,
+                  pad_token_id: int | None) -> KGWLogitsProcessor:
+        self = cls.__new__(cls)
+        self._setup(settings, prf, pad_token_id)
+        return self
+
+    def _setup(self, settings: KGWConfig, prf: PRF, pad_token_id: int | None) -> None:
+        self.settings = settings
+        self._prf = prf
+        self._tracker = ContextTracker(settings.context_width, settings.prompt_context,
+                                       pad_token_id)
 
     def __repr__(self) -> str:
         return f"KGWLogitsProcessor({self.config})"
@@ -85,4 +101,44 @@ class KGWLogitsProcessor(LogitsProcessor):
         return torch.add(scores, green, alpha=self.settings.delta)  # + delta where green
 
 
-__all__ = ["KGWLogitsProcessor"]
+class KGWWatermarkingConfig(KeyedWatermarkingConfig):
+    """KGW for ``model.generate(..., watermarking_config=...)``: the bias goes on the processed
+    logits, after temperature, top-k and top-p (as in transformers' and vLLM's KGW)::
+
+        wm = KGWWatermarkingConfig(key, gamma=0.25, delta=2.0, pad_token_id=tok.pad_token_id)
+        model.generate(**inputs, watermarking_config=wm, do_sample=True, temperature=0.7)
+
+    Arguments as :class:`KGWLogitsProcessor`. Its dict and JSON forms are the public
+    configuration (no key).
+    """
+
+    def __init__(
+        self,
+        key: WatermarkKey | int | str | os.PathLike[str],
+        gamma: float = 0.25,
+        delta: float = 2.0,
+        context_width: int = KGWConfig.context_width,
+        prf: str = DEFAULT_PRF,
+        *,
+        prompt_context: bool = True,
+        pad_token_id: int | None = None,
+    ) -> None:
+        self._settings = KGWConfig(gamma=gamma, delta=delta, context_width=context_width,
+                                   prf=prf, prompt_context=prompt_context)
+        self._prf = get_prf(self._settings.prf, key, KGWConfig.scheme)  # type: ignore[arg-type]
+        self._pad_token_id = pad_token_id
+        self.last_processor: KGWLogitsProcessor | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The public configuration. Never the key."""
+        return self._settings.public(self._prf.key_id)
+
+    def construct_processor(self, vocab_size: int, device: Any = None) -> KGWLogitsProcessor:
+        """A fresh processor for one generate call (the vocabulary size is read from logits)."""
+        self.last_processor = KGWLogitsProcessor._from_prf(self._settings, self._prf,
+                                                           self._pad_token_id)
+        return self.last_processor
+
+
+__all__ = ["KGWLogitsProcessor", "KGWWatermarkingConfig"]
