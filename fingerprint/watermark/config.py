@@ -29,6 +29,11 @@ from fingerprint.core.contexts import PAD, check_context_width
 from fingerprint.errors import ConfigError, InputError
 
 MAX_GENERATION_CONTEXT_WIDTH = 16
+# ATen runs an element-wise op of at most this many elements on the calling thread; a larger one
+# forks its thread team, and on a busy machine each fork can wait a whole scheduler slice for a
+# second core. A step of small work (up to SERIAL_CHUNKS such pieces) is therefore run piecewise.
+ATEN_GRAIN_SIZE = 32_768
+SERIAL_CHUNKS = 8
 DEFAULT_CONTEXT_WIDTH: dict[str, int] = {"kgw": 2, "gumbel": 4}
 DedupMode = Literal["single_turn", "none"]
 DEDUP_MODES: tuple[str, ...] = ("single_turn", "none")
@@ -130,6 +135,15 @@ class GumbelConfig:
                 "prompt_context": self.prompt_context,
                 "deduplicate_contexts": self.deduplicate_contexts,
                 "dedup_max_history": self.dedup_max_history, "key_id": key_id}
+
+
+def column_slices(rows: int, cols: int, device: torch.device) -> list[slice]:
+    """Column slices of a [rows, cols] step: pieces small enough to run on the calling thread
+    when the whole is small and on the CPU, else one slice (one parallel op)."""
+    width = ATEN_GRAIN_SIZE // max(1, rows)
+    if device.type != "cpu" or width == 0 or cols <= width or cols > width * SERIAL_CHUNKS:
+        return [slice(None)]
+    return [slice(a, min(cols, a + width)) for a in range(0, cols, width)]
 
 
 class ContextTracker:

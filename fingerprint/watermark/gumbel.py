@@ -43,6 +43,7 @@ from fingerprint.watermark.config import (
     DedupMode,
     GumbelConfig,
     KeyedWatermarkingConfig,
+    column_slices,
 )
 
 _FRAMES_TO_SEARCH = 12
@@ -57,9 +58,19 @@ def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     overwritten.
     """
     tiny = torch.finfo(uniforms.dtype).tiny
-    log_neg_log = uniforms.clamp_min_(tiny).log_().neg_().log_()  # = -noise, in place
-    # logits - x is exactly logits + (-x) in IEEE arithmetic: vLLM's logits + noise, one pass less
-    return torch.argmax(torch.sub(logits.to(log_neg_log.dtype), log_neg_log), dim=-1)
+    best_val: torch.Tensor | None = None
+    best_idx = torch.zeros(())
+    for cols in column_slices(*uniforms.shape, uniforms.device):
+        log_neg_log = uniforms[:, cols].clamp_min_(tiny).log_().neg_().log_()  # -noise, in place
+        # logits - x is exactly logits + (-x) in IEEE arithmetic: vLLM's logits + noise
+        val, idx = torch.sub(logits[:, cols].to(log_neg_log.dtype), log_neg_log).max(dim=-1)
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:  # a later piece wins only when strictly greater: ties keep the lowest index
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx + (cols.start or 0), best_idx)
+    return best_idx
 
 
 class GumbelLogitsProcessor(LogitsProcessor):

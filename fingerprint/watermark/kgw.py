@@ -26,7 +26,12 @@ from transformers import LogitsProcessor
 
 from fingerprint.core import DEFAULT_PRF, PRF, get_prf
 from fingerprint.keys import WatermarkKey
-from fingerprint.watermark.config import ContextTracker, KeyedWatermarkingConfig, KGWConfig
+from fingerprint.watermark.config import (
+    ContextTracker,
+    KeyedWatermarkingConfig,
+    KGWConfig,
+    column_slices,
+)
 
 
 class KGWLogitsProcessor(LogitsProcessor):
@@ -97,8 +102,13 @@ class KGWLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         windows, _ = self._tracker.update(input_ids)
-        green = self.green_mask(windows, scores.shape[-1])
-        return torch.add(scores, green, alpha=self.settings.delta)  # + delta where green
+        u = self._prf.row(windows, scores.shape[-1])
+        gamma, delta = self.settings.gamma, self.settings.delta
+        out = torch.empty_like(scores)
+        for cols in column_slices(*scores.shape, scores.device):
+            # + delta where green (u < gamma, compared in u's dtype as the detector compares)
+            torch.add(scores[:, cols], u[:, cols] < gamma, alpha=delta, out=out[:, cols])
+        return out
 
 
 class KGWWatermarkingConfig(KeyedWatermarkingConfig):
