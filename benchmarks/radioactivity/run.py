@@ -244,38 +244,59 @@ def forward_shares(rows: list[Row]) -> tuple[str, list[dict[str, Any]]]:
     return text, out
 
 
-def plot(rows: list[Row], path: Path, title: str) -> None:
+def plot_title(args: dict[str, Any], n_prompts: int) -> str:
+    wm = (f"gamma={args['gamma']} delta={args['delta']} " if args["scheme"] == "kgw" else "")
+    return (f"{args['scheme'].upper()} {wm}h={args['context_width']}; "
+            f"{n_prompts} prompts x {args['new_tokens']} tokens; "
+            f"students {args['steps']} steps x {args['batch_size']} x {args['seq_len']} tokens; "
+            f"M={args['controls']}")
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """log10 p against tuples scored (the audits' curves): open mode left, closed mode right.
+
+    The y axis is linear down to log10 p = -10 and logarithmic in |log10 p| beyond, so that the
+    null rows near 0 and the rho = 1 rows far below stay readable on one axis.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
     colors: dict[str, Any] = {}
     cmap = plt.get_cmap("tab10")
     for ax, modes, name in ((axes[0], ("open", "open-seen"), "open mode (reading)"),
-                            (axes[1], ("closed",), "closed mode (querying)")):
+                            (axes[1], ("closed",), "closed mode (querying, greedy answers)")):
         for r in rows:
-            if r.mode not in modes:
+            if r["mode"] not in modes:
                 continue
-            label = "base SmolLM2 (null)" if r.rho is None else f"student rho = {r.rho:g}"
-            if r.mode == "open-seen":
-                label += ", seen texts only"
-            if r.dedup == "none":
+            rho = r["rho"]
+            label = "base SmolLM2 (null)" if rho is None else f"student rho = {rho:g}"
+            if r["mode"] == "open-seen":
+                label += ", trained-on texts only"
+            if r["dedup"] == "none":
                 label += ", dedup=none (negative control)"
-            color = colors.setdefault(f"{r.suspect}{r.rho}", cmap(len(colors) % 10))
-            xs = [0] + [n for n, _ in r.result.curve]
-            ys = [0.0] + [p for _, p in r.result.curve]
-            style = ":" if r.dedup == "none" else ("--" if r.mode == "open-seen" else "-")
+            color = colors.setdefault(f"{r['suspect']}{rho}", cmap(len(colors) % 10))
+            xs = [0] + [n for n, _ in r["curve"]]
+            ys = [0.0] + [lp for _, lp in r["curve"]]
+            style = ":" if r["dedup"] == "none" else ("--" if r["mode"] == "open-seen" else "-")
             ax.plot(xs, ys, style, marker="o" if len(xs) <= 4 else None, markersize=4,
                     color=color, label=label)
-        for y, text in ((TARGET_OPEN_RHO005, "1e-5"), (TARGET_CLOSED_RHO1, "1e-12")):
+        ax.set_yscale("symlog", linthresh=10)
+        low = min([-12.0] + [lp for r in rows if r["mode"] in modes for _, lp in r["curve"]])
+        ticks = [t for t in (0, -2, -4, -6, -8, -10, -20, -50, -100, -200, -500, -1000)
+                 if t >= low * 1.5]
+        ax.set_yticks(ticks, [str(t) for t in ticks])
+        for y, text in ((TARGET_OPEN_RHO005, "p = 1e-5"), (TARGET_CLOSED_RHO1, "p = 1e-12")):
             ax.axhline(y, color="grey", lw=0.7, ls="--")
-            ax.text(ax.get_xlim()[0], y, f" p = {text}", va="bottom", fontsize=7, color="grey")
+            ax.text(0.99, y, text, transform=ax.get_yaxis_transform(), ha="right",
+                    va="bottom", fontsize=7, color="grey")
         ax.set_xlabel("tuples scored")
-        ax.set_ylabel("log10 p (real key)")
+        ax.set_ylabel("log10 p of the real key (symlog)")
         ax.set_title(name)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+                  frameon=False)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -313,20 +334,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/radioactivity"))
     p.add_argument("--plot", type=Path, default=None,
                    help="plot path (default OUT/results_log10p.png)")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw the plot from OUT/results.json")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 16 prompts, 16 tokens, 30 steps, 20 controls")
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.new_tokens, args.answer_tokens = 16, 16, 16
         args.steps, args.controls, args.gen_batch = 30, 20, 16
-    if args.steps < 20:
-        p.error("--steps must be at least 20 (the one-cycle schedule needs a warm-up step)")
+    if args.steps == 10:  # train_student's one-cycle schedule divides by zero at 10 steps
+        p.error("--steps 10 is not supported by train_student; use 9 or 11")
+    if min(args.prompts, args.new_tokens, args.answer_tokens, args.steps, args.controls) < 1:
+        p.error("budgets must be positive")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out
+    if args.replot:
+        saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        plot_path = args.plot or out / "results_log10p.png"
+        plot(saved["rows"], plot_path,
+             plot_title(saved["args"], saved["generation"]["prompts"]))
+        print(f"wrote {plot_path}")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     rhos = sorted({float(x) for x in args.rhos.split(",")})
@@ -344,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     gen = {"max_new_tokens": args.new_tokens, "temperature": 0.7, "prompts": len(prompts),
            "seed": args.seed}
     print(f"   {len(prompts)} prompts, {args.new_tokens} new tokens, key id {key.key_id}")
+    wm_text = (f"scheme {args.scheme}, gamma {args.gamma}, delta {args.delta}, "
+               f"h {args.context_width}" if args.scheme == "kgw"
+               else f"scheme {args.scheme}, h {args.context_width}")
 
     def run_generate(scheme: str, seed: int) -> Any:
         kw: dict[str, Any] = {}
@@ -361,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{n / (time.perf_counter() - t0):.1f} tok/s", flush=True)
         return res
 
-    clock(f"teacher answers, watermarked ({args.scheme}, gamma {args.gamma}, delta {args.delta}, "
-          f"h {args.context_width}), temperature 0.7")
+    clock(f"teacher answers, watermarked ({wm_text}), temperature 0.7")
     wm = teacher_answers(out / "teacher_watermarked.jsonl", {**gen, **wm_public},
                          lambda: run_generate(args.scheme, args.seed))
     clock("teacher answers, unwatermarked (same prompts)")
@@ -400,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         row = Row(suspect, rho, mode, str(res.config.get("dedup")), res)
         rows.append(row)
         d, c = res.detection, res.controls
+        green = "-" if d.green_rate is None else f"{d.green_rate:.3f}"
         print(f"   {mode:<9} dedup={row.dedup:<6} scored {d.n_scored:>6}  green "
-              f"{(d.green_rate or 0):.3f}  log10 p {d.log10_pvalue:9.2f}  controls KS p "
+              f"{green:>5}  log10 p {d.log10_pvalue:9.2f}  controls KS p "
               f"{c.ks_pvalue:.3g}  emp p {c.empirical_pvalue:.3f}  calibrated {c.calibrated}",
               flush=True)
 
@@ -451,8 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     order_key = {"student": 0, "base": 1}
     rows.sort(key=lambda r: (r.dedup == "none", order_key[r.suspect], r.rho or 0,
                              ["open", "open-seen", "closed"].index(r.mode)))
-    print(f"\n== results (scheme {args.scheme}, gamma {args.gamma}, delta {args.delta}, "
-          f"h {args.context_width}; M = {args.controls} control keys; "
+    print(f"\n== results ({wm_text}; M = {args.controls} control keys; "
           f"H0: the suspect was not trained on text carrying the key)\n")
     table = print_table(rows)
     print("\n== reading-mode audits: where the wall time goes\n")
@@ -505,9 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   {clock.total:8.1f} s  total (load average now {os.getloadavg()[0]:.1f})")
 
     plot_path = args.plot or out / "results_log10p.png"
-    plot(rows, plot_path, f"{args.scheme.upper()} gamma={args.gamma} delta={args.delta} "
-         f"h={args.context_width}; {len(prompts)} prompts x {args.new_tokens} tokens; students "
-         f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens; M={args.controls}")
+    plot([r.to_dict() for r in rows], plot_path, plot_title(vars(args), len(prompts)))
     info["load_average_end"] = round(os.getloadavg()[0], 2)
     results = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
