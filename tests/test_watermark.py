@@ -419,3 +419,23 @@ def test_smollm2_generates_watermarked_text() -> None:
             assert r.prompt_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
             assert r.completion == tokenizer.decode(r.completion_ids, skip_special_tokens=True)
         assert res[0].watermark["scheme"] == scheme
+
+
+@pytest.mark.parametrize("shape", [(1, 49_152), (3, 49_152), (2, 60_001), (16, 4_096)])
+def test_small_steps_run_piecewise_with_the_same_values(shape) -> None:
+    """Small CPU steps are computed in pieces (no thread fork): values must not change."""
+    b, v = shape
+    gen = torch.Generator().manual_seed(b)
+    scores = torch.randn(b, v, generator=gen) * 3
+    scores[0, : v // 3] = -torch.inf
+    windows = torch.randint(0, 1000, (b, 2), generator=gen)
+    kgw = KGWLogitsProcessor(KEY, gamma=0.3, delta=1.25)  # h = 2: the input is the window
+    u = get_prf("siphash24-v1", KEY, "kgw").row(windows, v)
+    assert torch.equal(kgw(windows, scores), torch.where(u < 0.3, scores + 1.25, scores))
+    for prf_name, key in (("siphash24-v1", KEY), ("philox4x32-10-v1", WatermarkKey.from_int(7))):
+        u = get_prf(prf_name, key, "gumbel").row(windows, v)
+        if prf_name.startswith("philox"):  # exact float32 ties everywhere in the last row
+            scores[-1] = torch.log(-torch.log(u[-1]))
+        want = vllm_choice(scores.to(u.dtype), u) if u.dtype == torch.float32 else \
+            torch.argmax(scores.double() - torch.log(-torch.log(u)), dim=-1)
+        assert torch.equal(gumbel_argmax(scores, u.clone()), want)

@@ -30,6 +30,7 @@ import inspect
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import LogitNormalization
@@ -49,21 +50,26 @@ from fingerprint.watermark.config import (
 _FRAMES_TO_SEARCH = 12
 
 
-def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor, *,
+                  clamp: bool = True) -> torch.Tensor:
     """``argmax(logits - log(-log u))`` per row, computed in the uniforms' dtype.
 
-    For ``philox4x32-10-v1`` (float32 uniforms) every value equals vLLM's bit for bit (the same
-    torch operations in float32; its final ``+ noise`` is done as ``- (-noise)``, which IEEE
-    arithmetic makes identical), so float32 logits give vLLM's token. ``uniforms`` is
-    overwritten.
+    For ``philox4x32-10-v1`` (float32 uniforms) every value equals vLLM's bit for bit: the same
+    torch operations in float32, ``u.clamp_min(finfo.tiny)`` then ``-log(-log u)``; its final
+    ``logits + noise`` is done as ``logits - (-noise)``, which IEEE arithmetic makes identical.
+    ``clamp=False`` skips the clamp, exact when no uniform can be below ``finfo.tiny`` (true of
+    every registered PRF). Ties go to the lowest index. ``uniforms`` is overwritten.
     """
     tiny = torch.finfo(uniforms.dtype).tiny
     best_val: torch.Tensor | None = None
     best_idx = torch.zeros(())
     for cols in column_slices(*uniforms.shape, uniforms.device):
-        log_neg_log = uniforms[:, cols].clamp_min_(tiny).log_().neg_().log_()  # -noise, in place
-        # logits - x is exactly logits + (-x) in IEEE arithmetic: vLLM's logits + noise
-        val, idx = torch.sub(logits[:, cols].to(log_neg_log.dtype), log_neg_log).max(dim=-1)
+        u = uniforms[:, cols]
+        log_neg_log = (u.clamp_min_(tiny) if clamp else u).log_().neg_().log_()  # -noise
+        lg = logits[:, cols]
+        if torch.promote_types(lg.dtype, u.dtype) != u.dtype:
+            lg = lg.to(u.dtype)  # float64 logits with float32 uniforms: vLLM's float32
+        val, idx = torch.sub(lg, log_neg_log).max(dim=-1)  # mixed dtypes: promoted exactly
         if best_val is None:
             best_val, best_idx = val, idx
         else:  # a later piece wins only when strictly greater: ties keep the lowest index
@@ -118,6 +124,8 @@ class GumbelLogitsProcessor(LogitsProcessor):
                check_placement: bool) -> None:
         self.settings = settings
         self._prf = prf
+        lowest = type(prf).level_uniform(np.zeros(1, dtype=np.uint64))[0]
+        self._needs_clamp = bool(lowest < np.finfo(type(prf).uniform_dtype).tiny)
         self._tracker = ContextTracker(settings.context_width, settings.prompt_context,
                                        pad_token_id)
         self.check_placement = bool(check_placement)
@@ -144,7 +152,8 @@ class GumbelLogitsProcessor(LogitsProcessor):
 
     def choose(self, logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """The watermarked token [B] for processed ``logits`` [B, V] after ``windows`` [B, h]."""
-        return gumbel_argmax(logits, self._prf.row(windows, logits.shape[-1]))
+        return gumbel_argmax(logits, self._prf.row(windows, logits.shape[-1]),
+                             clamp=self._needs_clamp)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         windows, new = self._tracker.update(input_ids)
