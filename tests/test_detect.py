@@ -7,9 +7,9 @@ import pytest
 
 from fingerprint.core import get_prf, windows
 from fingerprint.core.contexts import tuple_keys
-from fingerprint.detect.calibrate import calibrate
+from fingerprint.detect.calibrate import ScoredBatch, calibrate, random_keys, results_under_keys
 from fingerprint.detect.detector import Detector, DetectorConfig
-from fingerprint.detect.tuples import TupleSet, select_positions
+from fingerprint.detect.tuples import TupleSet, first_in_row, in_row_set, select_positions
 from fingerprint.errors import ConfigError, InputError
 from fingerprint.keys import WatermarkKey
 
@@ -114,6 +114,46 @@ def test_skip_prompt_windows() -> None:
     # completion windows (previous token): 8 (last prompt token), 5 (in prompt), 9, 6 (in prompt)
     r = det.detect([[5, 9, 6, 3]], prompts=[[5, 6, 7, 8]])
     assert r.n_positions == 4 and r.n_scored == 1
+
+
+def test_row_first_occurrences_and_membership_match_a_naive_scan() -> None:
+    rng = np.random.default_rng(5)
+    hi = rng.integers(0, 3, (6, 40)).astype(np.uint64)
+    lo = rng.integers(0, 4, (6, 40)).astype(np.uint64)
+    members = rng.random((6, 40)) < 0.2
+    first, inset = first_in_row(hi, lo), in_row_set(hi, lo, members)
+    for r in range(6):
+        keys = list(zip(hi[r].tolist(), lo[r].tolist(), strict=True))
+        member_keys = {k for k, m in zip(keys, members[r], strict=True) if m}
+        assert first[r].tolist() == [k not in keys[:i] for i, k in enumerate(keys)]
+        assert inset[r].tolist() == [k in member_keys for k in keys]
+
+
+@pytest.mark.parametrize("scheme", ["kgw", "gumbel", "dual_key_gumbel"])
+def test_keys_rescore_gathered_tuples_as_the_detector_does(scheme) -> None:
+    """Controls score the gathered tuples under each key: same counts and scores as a detector
+    run over the batches (prompts, padding masks, candidates, dedup all in play)."""
+    rng = np.random.default_rng(11)
+    cfg = DetectorConfig(scheme=scheme, context_width=3, skip_prompt_windows=True)
+    x = rng.integers(0, 50, (5, 30))
+    mask = np.ones(x.shape, dtype=bool)
+    mask[1, 20:] = mask[3, 7:] = False
+    start = np.array([4, 0, 9, 2, 5])
+    cand = rng.integers(0, 50, x.shape)
+    for key in random_keys(3, seed=1):
+        det = Detector(key, cfg)
+        state = det.new_state()
+        out = det.update(state, x, mask=mask, score_from=start, candidates=cand,
+                         return_values=True)
+        assert out is not None
+        got = results_under_keys([ScoredBatch(x, mask, out[0], cand)], cfg, [key],
+                                 n_positions=state.suff.n_positions)[0]
+        want = det.result(state)
+        assert 0 < got.n_scored == want.n_scored < mask.sum()
+        assert got.n_green == want.n_green
+        if scheme != "kgw":
+            assert got.score_sum == pytest.approx(want.score_sum, rel=1e-12)
+        assert got.log10_pvalue == pytest.approx(want.log10_pvalue, rel=1e-9)
 
 
 def test_kgw_detects_watermarked_and_not_human(default_tokenizer) -> None:

@@ -36,7 +36,7 @@ from fingerprint.core.contexts import tuple_keys
 from fingerprint.detect.calibrate import ScoredBatch
 from fingerprint.detect.corpus import CorpusReader, Skipped
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
-from fingerprint.detect.tuples import TupleSet
+from fingerprint.detect.tuples import first_in_row
 from fingerprint.errors import ConfigError, InputError
 from fingerprint.keys import WatermarkKey
 
@@ -101,11 +101,7 @@ def predict_topk(model: Any, x: np.ndarray, mask: np.ndarray | None, k: int = 1,
 
 def seen_window_earlier(x: np.ndarray, h: int, mask: np.ndarray | None) -> np.ndarray:
     """True where a position's window already occurred earlier in the same row."""
-    hi, lo = tuple_keys(x, h, with_token=False, mask=mask)
-    out = np.zeros(x.shape, dtype=bool)
-    for r in range(x.shape[0]):
-        out[r] = ~TupleSet().add(hi[r], lo[r])
-    return out
+    return ~first_in_row(*tuple_keys(x, h, with_token=False, mask=mask))
 
 
 def audit_open(

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fingerprint import stats
+from fingerprint.core.contexts import windows
 from fingerprint.detect.detector import (
     DetectionResult,
     Detector,
@@ -66,6 +67,22 @@ class ScoredBatch:
     candidates: np.ndarray | None = None
 
 
+def selected_pairs(batches: Sequence[ScoredBatch], h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every scored tuple of ``batches``, flat: (windows int64 [N, h], tokens int64 [N])."""
+    ctxs, toks = [np.empty((0, h), dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    for b in batches:
+        sel = np.asarray(b.selected, dtype=bool)
+        if not sel.any():
+            continue
+        x = np.asarray(b.tokens)
+        x = x[None, :] if x.ndim == 1 else x
+        sel = sel.reshape(x.shape)
+        ctxs.append(windows(x, h, mask=b.mask)[sel])
+        cand = x if b.candidates is None else np.asarray(b.candidates).reshape(x.shape)
+        toks.append(cand[sel].astype(np.int64, copy=False))
+    return np.concatenate(ctxs), np.concatenate(toks)
+
+
 def results_under_keys(
     batches: Sequence[ScoredBatch],
     config: DetectorConfig,
@@ -74,14 +91,17 @@ def results_under_keys(
     n_positions: int = 0,
     progress: str | None = None,
 ) -> list[DetectionResult]:
-    """The exact test of the same tuples under each key (for calibration and audit controls)."""
+    """The exact test of the same tuples under each key (for calibration and audit controls).
+
+    The tuples do not depend on the key, so they are gathered once; each key then scores only
+    them, not the batches they came from.
+    """
+    ctx, tok = selected_pairs(batches, config.h)
+    everything = np.ones(tok.shape[0], dtype=bool)
     out = []
     for key in tqdm(list(keys), desc=progress, disable=progress is None):
         det = Detector(key, config)
-        total = Sufficient()
-        for b in batches:
-            total = total + det._reduce(det._values(b.tokens, b.mask, b.candidates, None),
-                                        b.selected, 0)
+        total = det._reduce(det.pair_values(ctx, tok), everything, 0) if tok.size else Sufficient()
         total.n_positions = n_positions
         out.append(det.test(total))
     return out
@@ -130,4 +150,5 @@ def calibrate(
                              stats.calibration_summary(pvals, alphas=tuple(alphas)))
 
 
-__all__ = ["CalibrationReport", "ScoredBatch", "calibrate", "random_keys", "results_under_keys"]
+__all__ = ["CalibrationReport", "ScoredBatch", "calibrate", "random_keys", "results_under_keys",
+           "selected_pairs"]

@@ -210,6 +210,38 @@ class TupleSet:
         _rehash(old, self._table)
 
 
+def _row_groups(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group equal keys within each row of [B, T] keys: (group id, first-of-its-group), flat.
+
+    One stable sort of (row, key) serves every row at once: no per-row tables.
+    """
+    b, t = hi.shape
+    rows = np.repeat(np.arange(b, dtype=np.int64), t)
+    h, lo_ = hi.ravel(), lo.ravel()
+    order = np.lexsort((lo_, h, rows))  # stable: equal keys keep their column order
+    hs, ls, rs = h[order], lo_[order], rows[order]
+    starts = np.ones(order.shape[0], dtype=bool)
+    starts[1:] = (hs[1:] != hs[:-1]) | (ls[1:] != ls[:-1]) | (rs[1:] != rs[:-1])
+    gid = np.empty(order.shape[0], dtype=np.int64)
+    gid[order] = np.cumsum(starts) - 1
+    first = np.empty(order.shape[0], dtype=bool)
+    first[order] = starts
+    return gid, first
+
+
+def first_in_row(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """True where a key of [B, T] keys occurs for the first time in its row."""
+    return _row_groups(hi, lo)[1].reshape(hi.shape)
+
+
+def in_row_set(hi: np.ndarray, lo: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """True where a key equals the key of some ``members`` position of the same row."""
+    gid = _row_groups(hi, lo)[0]
+    hit = np.bincount(gid, weights=np.asarray(members, dtype=bool).ravel(),
+                      minlength=int(gid.max(initial=-1)) + 1) > 0
+    return hit[gid].reshape(hi.shape)
+
+
 def select_positions(
     tokens: np.ndarray,
     context_width: int,
@@ -246,11 +278,7 @@ def select_positions(
         if skip_prompt_windows:  # per row: a window seen in this row's own prompt
             whi, wlo = tuple_keys(x, context_width, with_token=False, mask=mask)
             # windows made of prompt tokens only: those of positions up to the first completion one
-            prompt_windows = cols <= start
-            for r in range(x.shape[0]):
-                prompt_set = TupleSet()
-                prompt_set.add(whi[r, prompt_windows[r]], wlo[r, prompt_windows[r]])
-                sel[r] &= ~prompt_set.contains(whi[r], wlo[r])
+            sel &= ~in_row_set(whi, wlo, cols <= start)
         sel &= ~in_prompt
     if exclude is not None:
         ex = np.asarray(exclude, dtype=bool)
@@ -266,4 +294,5 @@ def select_positions(
     return out
 
 
-__all__ = ["DEDUP_POLICIES", "DedupPolicy", "TupleSet", "check_dedup", "select_positions"]
+__all__ = ["DEDUP_POLICIES", "DedupPolicy", "TupleSet", "check_dedup", "first_in_row", "in_row_set",
+           "select_positions"]
