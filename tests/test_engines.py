@@ -18,11 +18,10 @@ import pytest
 
 from fingerprint.detect.calibrate import calibrate
 from fingerprint.detect.corpus import CorpusReader, detect_corpus
-from fingerprint.detect.detector import Detector, DetectorConfig
+from fingerprint.detect.detector import Detector, DetectorConfig, combine_scores
 from fingerprint.engines import ExactSum, Fields, calibrate_stream, detect_stream
 from fingerprint.engines.stream import (
     UnitReader,
-    contributions,
     first_occurrence,
     plan_units,
 )
@@ -173,7 +172,7 @@ def test_torch_path_matches_cpu_kernels() -> None:
         det = Detector(KEY, DetectorConfig(scheme=scheme))
         want = det._values(x, m, None, None)
         for device in (None, "cpu"):
-            got = contributions(det.config, _uniforms(det, x, m, None, device))
+            got = combine_scores(det.config, _uniforms(det, x, m, None, device))
             assert np.array_equal(got[m], want[m])
 
 

@@ -94,6 +94,21 @@ def windows(tokens: np.ndarray, context_width: int, mask: np.ndarray | None = No
 
 
 
+def windows_at(tokens: np.ndarray, context_width: int, mask: np.ndarray | None,
+               selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The explicit (window int64 [N, h], token [N]) of the ``selected`` [B, T] positions.
+
+    The same windows as :func:`windows`, gathered for the selected positions only.
+    """
+    h = check_context_width(context_width)
+    x = as_token_matrix(tokens)
+    sel = np.asarray(selected, dtype=bool).reshape(x.shape)
+    xw = x if mask is None else np.where(np.asarray(mask, dtype=bool).reshape(x.shape), x, PAD)
+    padded = np.concatenate([np.full((x.shape[0], h), PAD, dtype=np.int64), xw], axis=1)
+    rows, cols = np.nonzero(sel)
+    ctx = padded[rows[:, None], cols[:, None] + np.arange(h)[None, :]]
+    return ctx, x[rows, cols]
+
 
 # -- tuple keys: what dedup compares ------------------------------------------------------------
 import numba as nb  # noqa: E402
@@ -195,4 +210,5 @@ __all__ = [
     "max_token_id",
     "tuple_keys",
     "windows",
+    "windows_at",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fingerprint import stats
-from fingerprint.core.contexts import windows
+from fingerprint.core.contexts import windows_at
 from fingerprint.detect.detector import (
     DetectionResult,
     Detector,
@@ -74,12 +74,10 @@ def selected_pairs(batches: Sequence[ScoredBatch], h: int) -> tuple[np.ndarray, 
         sel = np.asarray(b.selected, dtype=bool)
         if not sel.any():
             continue
-        x = np.asarray(b.tokens)
-        x = x[None, :] if x.ndim == 1 else x
-        sel = sel.reshape(x.shape)
-        ctxs.append(windows(x, h, mask=b.mask)[sel])
-        cand = x if b.candidates is None else np.asarray(b.candidates).reshape(x.shape)
-        toks.append(cand[sel].astype(np.int64, copy=False))
+        ctx, tok = windows_at(b.tokens, h, b.mask, sel)
+        ctxs.append(ctx)
+        toks.append(tok if b.candidates is None else
+                    np.asarray(b.candidates, dtype=np.int64).reshape(sel.shape)[sel])
     return np.concatenate(ctxs), np.concatenate(toks)
 
 

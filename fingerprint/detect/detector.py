@@ -215,13 +215,7 @@ class Detector:
                               for p in self._prfs])
 
     def _combine(self, us: list[np.ndarray]) -> np.ndarray:
-        if self.config.scheme == "kgw":
-            return us[0]
-        scores = [-np.log1p(-u.astype(np.float64)) for u in us]
-        if self.config.scheme == "gumbel":
-            return scores[0]
-        a = self.config.alpha
-        return (1.0 - a) * scores[0] + a * scores[1]
+        return combine_scores(self.config, us)
 
     def _reduce(self, values: np.ndarray, sel: np.ndarray, n_pos: int) -> Sufficient:
         v = values.ravel() if n_pos == sel.size and sel.all() else values[sel]
@@ -308,6 +302,19 @@ class Detector:
         return out
 
 
+def combine_scores(config: DetectorConfig, uniforms: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-position score contributions from each PRF's uniforms: the uniform itself (KGW),
+    ``-log(1 - u)`` (Gumbel), or vLLM's weighted sum of the two keys' (dual-key Gumbel)."""
+    us = uniforms
+    if config.scheme == "kgw":
+        return us[0]
+    scores = [-np.log1p(-u.astype(np.float64)) for u in us]
+    if config.scheme == "gumbel":
+        return scores[0]
+    a = config.alpha
+    return (1.0 - a) * scores[0] + a * scores[1]
+
+
 def as_sequences(seqs: Any, what: str) -> list[np.ndarray]:
     if isinstance(seqs, np.ndarray) and seqs.ndim == 2:
         return [row for row in seqs]
@@ -374,4 +381,5 @@ __all__ = [
     "Detector",
     "DetectorConfig",
     "Sufficient",
+    "combine_scores",
 ]

@@ -54,7 +54,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
-from fingerprint.core.contexts import tuple_keys
+from fingerprint.core.contexts import tuple_keys, windows_at
 from fingerprint.detect.calibrate import CalibrationReport, random_keys
 from fingerprint.detect.corpus import Skipped
 from fingerprint.detect.detector import (
@@ -62,6 +62,7 @@ from fingerprint.detect.detector import (
     Detector,
     DetectorConfig,
     Sufficient,
+    combine_scores,
     count_candidates,
     pack_batches,
 )
@@ -77,10 +78,8 @@ from fingerprint.engines.stream import (
     UnitReader,
     add_scores,
     calibration_report,
-    contributions,
     first_occurrence,
     plan_units,
-    windows_at,
 )
 from fingerprint.errors import BackendError, ConfigError, FingerprintError
 from fingerprint.keys import WatermarkKey, as_key
@@ -215,7 +214,7 @@ class _ScoreUnits:
                 ctx, tokens = windows_at(x, cfg.h, m, sel)
                 rec["ctx"], rec["tok"] = ctx.astype(np.int32), tokens.astype(np.int32)
             else:
-                v = contributions(cfg, _uniforms(det, x, m, job.vocab_size, job.device))[sel]
+                v = combine_scores(cfg, _uniforms(det, x, m, job.vocab_size, job.device))[sel]
                 rec["val"] = (v < cfg.gamma).astype(np.uint8) if cfg.scheme == "kgw" else v
             if job.dedup:  # repeats inside the batch can never be first occurrences
                 keep = first_occurrence(rec["hi"], rec["lo"])

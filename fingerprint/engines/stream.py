@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fingerprint import stats
-from fingerprint.core.contexts import PAD, tuple_keys
+from fingerprint.core.contexts import tuple_keys, windows_at
 from fingerprint.detect.calibrate import CalibrationReport, random_keys
 from fingerprint.detect.corpus import CorpusReader, Skipped
 from fingerprint.detect.detector import (
@@ -172,28 +172,6 @@ def batch_repeats(x: np.ndarray, h: int, mask: np.ndarray | None, candidates: np
     out = np.zeros(x.shape, dtype=bool)
     out[candidates] = ~first_occurrence(hi[candidates], lo[candidates])
     return out
-
-
-# -- gumbel score contributions ------------------------------------------------------------------
-def contributions(config: DetectorConfig, uniforms: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-position score contributions from each PRF's uniforms (as :class:`Detector` does)."""
-    if config.scheme == "kgw":
-        return uniforms[0]
-    scores = [-np.log1p(-np.asarray(u).astype(np.float64)) for u in uniforms]
-    if config.scheme == "gumbel":
-        return scores[0]
-    a = config.alpha
-    return (1.0 - a) * scores[0] + a * scores[1]
-
-
-def windows_at(x: np.ndarray, h: int, mask: np.ndarray | None, sel: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """The explicit (window [N, h], token [N]) of the selected positions, padded with -1."""
-    xw = x if mask is None else np.where(mask, x, PAD)
-    padded = np.concatenate([np.full((x.shape[0], h), PAD, dtype=np.int64), xw], axis=1)
-    rows, cols = np.nonzero(sel)
-    ctx = padded[rows[:, None], cols[:, None] + np.arange(h)[None, :]]
-    return ctx, x[rows, cols]
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -633,7 +611,7 @@ def add_scores(det: Detector, ctx: np.ndarray, tok: np.ndarray, green: np.ndarra
     if not len(tok):
         return
     cfg = det.config
-    v = contributions(cfg, [p.pairs(ctx, tok) for p in det._prfs])
+    v = det.pair_values(ctx, tok)
     if cfg.scheme == "kgw":
         green[k] += int(np.count_nonzero(v < cfg.gamma))
     else:
