@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fingerprint.cli_report import add_parsers as add_report_parsers
 
     add_report_parsers(sub)
+
+    from fingerprint.cli_serve import add_parsers as add_serve_parsers
+
+    add_serve_parsers(sub)
     return parser
 
 
