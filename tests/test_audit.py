@@ -176,3 +176,21 @@ def test_cli_audit_open_mode(students, default_tokenizer, tmp_path, capsys) -> N
     assert data["inputs"]["teacher_corpus"]["skipped_rows"] == 1
     assert len(data["inputs"]["teacher_corpus"]["sha256"]) == 64
     assert KEY.key_id == data["detection"]["key_id"]
+
+
+def test_answer_windows_made_of_the_prompt_are_found_per_row() -> None:
+    from fingerprint.audit.querying import _prompt_windows
+    from fingerprint.core import windows
+
+    rng = np.random.default_rng(2)
+    h = 2
+    prompts = [rng.integers(0, 6, n).tolist() for n in (5, 0, 1, 9)]
+    x = rng.integers(0, 6, (4, 12))
+    mask = np.ones(x.shape, dtype=bool)
+    mask[2, 8:] = False
+    got = _prompt_windows(x, mask, h, prompts)
+    aw = windows(x, h, mask=mask)
+    for r, p in enumerate(prompts):
+        pw = {tuple(w) for w in windows(np.array([*p, 0]), h)[0]} if p else set()
+        assert got[r].tolist() == [tuple(w) in pw for w in aw[r]]
+    assert got.any() and not got[1].any()

@@ -96,6 +96,47 @@ def test_zero_key_is_a_normal_member() -> None:
     assert s.contains(z, z).all() and len(s) == 1
 
 
+@pytest.mark.parametrize("first_vocab,later_vocab,h", [
+    (300, 300, 2),            # stays in the 16-bit packed layout
+    (300, 200_000, 2),        # widens from packed to 128-bit mid-corpus
+    (200_000, 200_000, 1),    # two words: the high word alone
+    (200_000, 300, 3),        # one-word (hi) layout, then keys that need lo
+    (300, 300, 4),            # four words incl. pads, packed
+    (300, 300, 6),            # hashed 128-bit keys
+])
+def test_set_layouts_stay_exact_as_they_widen(first_vocab, later_vocab, h) -> None:
+    rng = np.random.default_rng(first_vocab + h)
+    seen, reference = TupleSet(), set()
+    for vocab in (first_vocab, later_vocab, first_vocab):
+        x = rng.integers(0, vocab, (3, 4000))
+        x[0, :50] = vocab - 1  # the largest id, repeated
+        mask = rng.random(x.shape) < 0.9
+        hi, lo = tuple_keys(x, h, mask=mask)
+        keys = list(zip(hi.ravel().tolist(), lo.ravel().tolist(), strict=True))
+        assert seen.contains(hi, lo).tolist() == [k in reference for k in keys]
+        expect = []
+        for k in keys:
+            expect.append(k not in reference)
+            reference.add(k)
+        assert seen.add(hi, lo).tolist() == expect
+        assert len(seen) == len(reference)
+    z = np.zeros(1, dtype=np.uint64)
+    assert seen.contains(z, z)[0] == ((0, 0) in reference)
+    assert seen.add(z, z)[0] == ((0, 0) not in reference) and seen.contains(z, z)[0]
+    big = np.array([2**64 - 5], dtype=np.uint64)  # fits no one-word layout: widens if new
+    assert not seen.contains(big, big)[0] and seen.add(big, big)[0]
+    assert seen.contains(big, big)[0] and seen.layout == "full"
+    assert seen.contains(hi, lo).all()
+
+
+def test_set_memory_per_key_is_compact() -> None:
+    x = np.random.default_rng(0).integers(0, 49_152, 2_000_000)
+    s = TupleSet()
+    s.add(*tuple_keys(x, 2))
+    assert s.layout == "p16"
+    assert 8 * len(s) < s.nbytes < 8 * 3.3 * len(s)  # one word per slot, load in (0.3, 1)
+
+
 def test_prompt_aware_scoring() -> None:
     det = Detector(KEY, scheme="kgw", context_width=2, dedup="none")
     prompt, completion = [11, 12, 13, 14], [21, 22, 23]

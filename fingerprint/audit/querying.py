@@ -31,7 +31,7 @@ from fingerprint.detect.calibrate import ScoredBatch
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
 from fingerprint.detect.normalize import NormalizeConfig
 from fingerprint.detect.text import encode_text
-from fingerprint.detect.tuples import TupleSet
+from fingerprint.detect.tuples import TupleSet, in_row_set
 from fingerprint.errors import ConfigError, InputError
 from fingerprint.keys import WatermarkKey
 
@@ -64,6 +64,23 @@ def _windows_in(reference: TupleSet, x: np.ndarray, h: int, mask: np.ndarray | N
                 ) -> np.ndarray:
     hi, lo = tuple_keys(x, h, with_token=False, mask=mask)
     return reference.contains(hi, lo).reshape(x.shape)
+
+
+def _prompt_windows(x: np.ndarray, mask: np.ndarray | None, h: int,
+                    prompts: Sequence[Sequence[int]]) -> np.ndarray:
+    """[B, T] True where an answer's window is one made of its own prompt's tokens only."""
+    width = max((len(p) for p in prompts), default=0) + 1
+    lens = np.array([len(p) + 1 if len(p) else 0 for p in prompts])
+    pm = np.zeros((x.shape[0], width), dtype=np.int64)
+    for r, p in enumerate(prompts):  # rows, not tokens: each prompt plus one slot past its end
+        pm[r, : len(p)] = p
+    p_hi, p_lo = tuple_keys(pm, h, with_token=False)
+    a_hi, a_lo = tuple_keys(x, h, with_token=False, mask=mask)
+    members = np.zeros((x.shape[0], width + x.shape[1]), dtype=bool)
+    members[:, :width] = np.arange(width)[None, :] < lens[:, None]
+    hit = in_row_set(np.concatenate([p_hi, a_hi], axis=1), np.concatenate([p_lo, a_lo], axis=1),
+                     members)
+    return hit[:, width:]
 
 
 def audit_closed(
@@ -107,16 +124,8 @@ def audit_closed(
         offset = 0
         for x, mask, _ in pack_batches(comps, None):
             rows, offset = part[offset : offset + x.shape[0]], offset + x.shape[0]
-            exclude = np.zeros(x.shape, dtype=bool)
-            for r, a in enumerate(rows):
-                p_ids = np.asarray(tokenizer(a.prompt, add_special_tokens=False)["input_ids"],
-                                   dtype=np.int64)
-                pw = TupleSet()
-                if len(p_ids):  # every window made of prompt tokens only
-                    hi, lo = tuple_keys(np.concatenate([p_ids, [0]]), h, with_token=False)
-                    pw.add(hi[0], lo[0])
-                row_mask = None if mask is None else mask[r : r + 1]
-                exclude[r] = _windows_in(pw, x[r : r + 1], h, row_mask)[0]
+            exclude = _prompt_windows(x, mask, h, [
+                tokenizer(a.prompt, add_special_tokens=False)["input_ids"] for a in rows])
             if phi is not None:
                 exclude |= ~_windows_in(phi, x, h, mask)
             out = det.update(state, x, mask=mask, exclude=exclude, vocab_size=vocab,

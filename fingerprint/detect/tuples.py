@@ -16,7 +16,7 @@ and shards, so "first occurrence" means first in the whole corpus.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numba as nb
 import numpy as np
@@ -46,168 +46,415 @@ def _mix(hi: np.uint64, lo: np.uint64) -> np.uint64:
     return z ^ (z >> np.uint64(33))
 
 
-@nb.njit(cache=True)
-def _partition(hi, lo, k_hi, k_lo, origin, starts):
-    """A stable counting sort of the keys by sub-table: first occurrences stay first.
+# -- key layouts: 128-bit keys stored in one word when they fit exactly --------------------------
+# A 128-bit tuple key holds up to four 32-bit words (see ``tuple_keys``): w0, w1 in ``hi``, w2, w3
+# in ``lo``. Two one-word layouts are exact on the keys they accept:
+#   "p16": every word w satisfies (w + 1) mod 2**32 < 2**16 (ids below 65535, the -1 pad, unused
+#          words), packed as four 16-bit fields of w + 1;
+#   "hi":  lo == 0 (at most two words), stored as hi.
+# A set starts in the narrowest layout its first keys fit and widens, once, when a key does not.
+_P16, _HI, _FULL = 0, 1, 2
+_LAYOUT_NAMES = ("p16", "hi", "full")
+_M16 = np.uint64(0xFFFF)
+_ONE = np.uint64(1)
 
-    The keys themselves are scattered (with their origin index), so the inserting threads then
-    read them sequentially and touch only their own sub-table.
-    """
-    n = hi.shape[0]
-    parts = np.empty(n, dtype=np.uint16)
-    counts = np.zeros(_PARTS, dtype=np.int64)
-    for i in range(n):
-        p = np.uint16(_mix(hi[i], lo[i]) & np.uint64(_PARTS - 1))
-        parts[i] = p
-        counts[p] += 1
-    starts[0] = 0
-    for p in range(_PARTS):
-        starts[p + 1] = starts[p] + counts[p]
-    fill = starts[:-1].copy()
-    for i in range(n):
-        j = fill[parts[i]]
-        k_hi[j] = hi[i]
-        k_lo[j] = lo[i]
-        origin[j] = i
-        fill[parts[i]] += 1
+
+@nb.njit(inline="always")
+def _p16_ok(hi: np.uint64, lo: np.uint64) -> bool:
+    m = np.uint64(0xFFFFFFFF)
+    return (((hi & m) + _ONE) & m) <= _M16 and (((hi >> np.uint64(32)) + _ONE) & m) <= _M16 \
+        and (((lo & m) + _ONE) & m) <= _M16 and (((lo >> np.uint64(32)) + _ONE) & m) <= _M16
+
+
+@nb.njit(cache=True)
+def _best_layout(hi, lo):
+    """The narrowest layout that holds every key: ``_P16``, ``_HI`` or ``_FULL``."""
+    all_p16 = True
+    all_lo0 = True
+    for i in range(hi.shape[0]):
+        if all_p16 and not _p16_ok(hi[i], lo[i]):
+            all_p16 = False
+        if lo[i] != 0:
+            all_lo0 = False
+            if not all_p16:
+                return _FULL
+    return _P16 if all_p16 else (_HI if all_lo0 else _FULL)
 
 
 @nb.njit(parallel=True, cache=True)
-def _insert(table, zero, counts, k_hi, k_lo, origin, starts, resume, new):
+def _fits(hi, lo, layout, out):
+    """out[i]: key i can be stored in ``layout``."""
+    for i in nb.prange(hi.shape[0]):
+        if layout == _FULL:
+            out[i] = True
+        elif layout == _HI:
+            out[i] = lo[i] == 0
+        else:
+            out[i] = _p16_ok(hi[i], lo[i])
+
+
+@nb.njit(inline="always")
+def _encode_one(hi, lo, layout, out, j):
+    if layout == _FULL:
+        out[j, 0] = hi
+        out[j, 1] = lo
+    elif layout == _HI:
+        out[j, 0] = hi
+    else:
+        out[j, 0] = _p16_encode(hi, lo)
+
+
+@nb.njit(parallel=True, cache=True)
+def _encode(hi, lo, layout, out):
+    """Keys [n] in ``layout``: out [n, 1] (one word) or [n, 2] (full)."""
+    for i in nb.prange(hi.shape[0]):
+        _encode_one(hi[i], lo[i], layout, out, i)
+    return out
+
+
+@nb.njit(inline="always")
+def _p16_encode(hi: np.uint64, lo: np.uint64) -> np.uint64:
+    m = np.uint64(0xFFFFFFFF)
+    return (((hi + _ONE) & _M16) | ((((hi >> np.uint64(32)) + _ONE) & _M16) << np.uint64(16))
+            | (((lo + _ONE) & _M16) << np.uint64(32))
+            | ((((lo >> np.uint64(32)) & m) + _ONE) & _M16) << np.uint64(48))
+
+
+@nb.njit(inline="always")
+def _p16_decode(k: np.uint64) -> tuple[np.uint64, np.uint64]:
+    ws = np.empty(4, dtype=np.uint64)
+    for j in range(4):  # field f = w + 1 (mod 2**16): f = 0 is the pad word 0xFFFFFFFF
+        f = (k >> np.uint64(16 * j)) & _M16
+        ws[j] = np.uint64(0xFFFFFFFF) if f == 0 else f - _ONE
+    return ws[0] | (ws[1] << np.uint64(32)), ws[2] | (ws[3] << np.uint64(32))
+
+
+@nb.njit(inline="always")
+def _hash(keys, j):
+    if keys.shape[1] == 1:
+        return _mix(keys[j, 0], np.uint64(0x2545F4914F6CDD1D))
+    return _mix(keys[j, 0], keys[j, 1])
+
+
+@nb.njit(inline="always")
+def _slot(z, cap):
+    """A slot in [0, cap) from the hash's high bits (the low ones chose the partition)."""
+    return np.int64(((z >> np.uint64(32)) * np.uint64(cap)) >> np.uint64(32))
+
+
+@nb.njit(inline="always")
+def _is_empty(t, s):
+    for w in range(t.shape[1]):  # noqa: SIM110 (numba has no all() over generators)
+        if t[s, w] != 0:
+            return False
+    return True
+
+
+@nb.njit(inline="always")
+def _same(t, s, keys, j):
+    for w in range(t.shape[1]):  # noqa: SIM110
+        if t[s, w] != keys[j, w]:
+            return False
+    return True
+
+
+@nb.njit(inline="always")
+def _limit(cap):
+    return cap * 5 // 8  # the load factor stays below 5/8
+
+
+_CHUNKS = 16  # input pieces counted and scattered in parallel
+
+
+@nb.njit(parallel=True, cache=True)
+def _partition(hi, lo, layout, k_sorted, origin, starts):
+    """Encode the keys in ``layout`` and counting-sort them by sub-table, stably (first
+    occurrences stay first), with their origin index; the inserting threads then read them
+    sequentially and touch only their own sub-table. Pieces of the input are counted and
+    scattered in parallel; piece c's keys of a sub-table land after piece c - 1's.
+    """
+    n = hi.shape[0]
+    per = (n + _CHUNKS - 1) // _CHUNKS
+    parts = np.empty(n, dtype=np.uint16)
+    counts = np.zeros((_CHUNKS, _PARTS), dtype=np.int64)
+    for c in nb.prange(_CHUNKS):
+        one = np.empty((1, k_sorted.shape[1]), dtype=np.uint64)
+        for i in range(c * per, min(n, (c + 1) * per)):
+            _encode_one(hi[i], lo[i], layout, one, 0)
+            p = np.uint16(_hash(one, 0) & np.uint64(_PARTS - 1))
+            parts[i] = p
+            counts[c, p] += 1
+    fill = np.empty((_CHUNKS, _PARTS), dtype=np.int64)
+    total = 0
+    for p in range(_PARTS):
+        starts[p] = total
+        for c in range(_CHUNKS):
+            fill[c, p] = total
+            total += counts[c, p]
+    starts[_PARTS] = total
+    for c in nb.prange(_CHUNKS):
+        for i in range(c * per, min(n, (c + 1) * per)):
+            j = fill[c, parts[i]]
+            _encode_one(hi[i], lo[i], layout, k_sorted, j)
+            origin[j] = i
+            fill[c, parts[i]] += 1
+
+
+@nb.njit(parallel=True, cache=True)
+def _insert(tables, zero, counts, keys, origin, starts, resume, new):
     """Insert keys partition by partition, each thread owning whole sub-tables.
 
-    ``table[p, slot] = (hi, lo)``, with (0, 0) marking an empty slot; the key (0, 0) itself is
-    tracked by ``zero[p]``. One probe touches one cache line. A partition that reaches half its
-    capacity stops; ``resume[p]`` says where, and the caller grows the table and calls again.
+    An all-zero slot is empty; the all-zero key itself is tracked by ``zero[p]``. A partition
+    that reaches its load limit stops; ``resume[p]`` says where, and the caller grows that
+    sub-table and calls again.
     """
-    cap = table.shape[1]
-    limit = cap // 2
-    for p in nb.prange(table.shape[0]):
+    for p in nb.prange(_PARTS):
+        t = tables[np.int64(p)]
+        cap = t.shape[0]
+        limit = _limit(cap)
         j = resume[p]
         while j < starts[p + 1]:
-            a = k_hi[j]
-            b = k_lo[j]
-            if a == 0 and b == 0:
+            if _is_empty(keys, j):
                 new[origin[j]] = not zero[p]
                 zero[p] = True
                 j += 1
                 continue
-            slot = np.int64((_mix(a, b) >> np.uint64(12)) & np.uint64(cap - 1))
+            s = _slot(_hash(keys, j), cap)
+            full = False
             while True:
-                ta = table[p, slot, 0]
-                tb = table[p, slot, 1]
-                if ta == 0 and tb == 0:
+                if _is_empty(t, s):
                     if counts[p] >= limit:
+                        full = True
                         break
-                    table[p, slot, 0] = a
-                    table[p, slot, 1] = b
+                    for w in range(t.shape[1]):
+                        t[s, w] = keys[j, w]
                     counts[p] += 1
                     new[origin[j]] = True
                     break
-                if ta == a and tb == b:
+                if _same(t, s, keys, j):
                     new[origin[j]] = False
                     break
-                slot = (slot + 1) & (cap - 1)
-            if counts[p] >= limit and (table[p, slot, 0] == 0 and table[p, slot, 1] == 0):
-                break  # full: stop before this key, resume after growing
+                s += 1
+                if s == cap:
+                    s = 0
+            if full:
+                break  # resume here once the sub-table has grown
             j += 1
         resume[p] = j
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(cache=True)
 def _rehash(old, new):
-    """Move every key of ``old`` into the larger, empty ``new`` (same partitions)."""
-    cap = new.shape[1]
-    for p in nb.prange(old.shape[0]):
-        for s in range(old.shape[1]):
-            a = old[p, s, 0]
-            b = old[p, s, 1]
-            if a == 0 and b == 0:
-                continue
-            slot = np.int64((_mix(a, b) >> np.uint64(12)) & np.uint64(cap - 1))
-            while new[p, slot, 0] != 0 or new[p, slot, 1] != 0:
-                slot = (slot + 1) & (cap - 1)
-            new[p, slot, 0] = a
-            new[p, slot, 1] = b
+    """Move every key of sub-table ``old`` into the larger, empty ``new``."""
+    cap = new.shape[0]
+    for s in range(old.shape[0]):
+        if _is_empty(old, s):
+            continue
+        d = _slot(_hash(old, s), cap)
+        while not _is_empty(new, d):
+            d += 1
+            if d == cap:
+                d = 0
+        for w in range(old.shape[1]):
+            new[d, w] = old[s, w]
+
+
+@nb.njit(cache=True)
+def _new_tables(cap, width):
+    tables = nb.typed.List()
+    for _ in range(_PARTS):
+        tables.append(np.zeros((cap, width), dtype=np.uint64))
+    return tables
+
+
+@nb.njit(cache=True)
+def _grow(tables, grow, caps):
+    """Replace sub-tables ``grow[i]`` by rehashed ones of ``caps[i]`` slots (in parallel)."""
+    fresh = nb.typed.List()
+    for i in range(grow.shape[0]):
+        fresh.append(np.zeros((caps[i], tables[grow[i]].shape[1]), dtype=np.uint64))
+    _rehash_all(tables, grow, fresh)
+    for i in range(grow.shape[0]):
+        tables[grow[i]] = fresh[i]
 
 
 @nb.njit(parallel=True, cache=True)
-def _lookup(table, zero, hi, lo, out):
-    cap = table.shape[1]
-    for i in nb.prange(hi.shape[0]):
-        a = hi[i]
-        b = lo[i]
-        z = _mix(a, b)
+def _rehash_all(tables, grow, fresh):
+    for i in nb.prange(grow.shape[0]):
+        k = np.int64(i)  # typed-list indices must be signed
+        _rehash(tables[grow[k]], fresh[k])
+
+
+@nb.njit(parallel=True, cache=True)
+def _lookup(tables, zero, keys, out):
+    for i in nb.prange(keys.shape[0]):
+        z = _hash(keys, i)
         p = np.int64(z & np.uint64(_PARTS - 1))
-        if a == 0 and b == 0:
+        if _is_empty(keys, i):
             out[i] = zero[p]
             continue
-        slot = np.int64((z >> np.uint64(12)) & np.uint64(cap - 1))
+        t = tables[p]
+        cap = t.shape[0]
+        s = _slot(z, cap)
         found = False
-        while table[p, slot, 0] != 0 or table[p, slot, 1] != 0:
-            if table[p, slot, 0] == a and table[p, slot, 1] == b:
+        while not _is_empty(t, s):
+            if _same(t, s, keys, i):
                 found = True
                 break
-            slot = (slot + 1) & (cap - 1)
+            s += 1
+            if s == cap:
+                s = 0
         out[i] = found
+
+
+@nb.njit(cache=True)
+def _decode_all(tables, zero, layout, hi, lo):
+    """Every stored key back in 128-bit form (for widening the layout)."""
+    n = 0
+    for p in range(len(tables)):
+        t = tables[p]
+        if zero[p]:
+            hi[n], lo[n] = _p16_decode(np.uint64(0)) if layout == _P16 else (0, 0)
+            n += 1
+        for s in range(t.shape[0]):
+            if _is_empty(t, s):
+                continue
+            if layout == _P16:
+                hi[n], lo[n] = _p16_decode(t[s, 0])
+            else:
+                hi[n], lo[n] = t[s, 0], np.uint64(0)
+            n += 1
+    return n
 
 
 class TupleSet:
     """An exact set of 128-bit tuple keys that grows as needed; insertion reports first sightings.
 
-    Memory is 16 bytes per slot at a load factor of at most one half.
+    The keys live in 4096 sub-tables (open addressing, load factor below 5/8), each grown on its
+    own by about half again, so growing never holds two copies of the whole set. Keys that fit
+    exactly in 64 bits (small vocabularies or short windows) are stored in one word: 8 bytes per
+    slot instead of 16. Memory is therefore 13 to 40 bytes per distinct key, 16 to 20 typical.
     """
 
-    def __init__(self) -> None:
-        self._alloc(16)
+    _INITIAL_CAP = 8
 
-    def _alloc(self, cap: int) -> None:
-        self._table = np.zeros((_PARTS, cap, 2), dtype=np.uint64)
+    def __init__(self) -> None:
+        self._layout: int | None = None
         self._zero = np.zeros(_PARTS, dtype=np.bool_)
         self._counts = np.zeros(_PARTS, dtype=np.int64)
+        self._tables: Any = None
+
+    def _make_tables(self, width: int) -> None:
+        self._tables = _new_tables(self._INITIAL_CAP, width)
+        self._caps = np.full(_PARTS, self._INITIAL_CAP, dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self._counts.sum() + self._zero.sum())
 
     @property
+    def layout(self) -> str:
+        """How keys are stored: ``"p16"`` or ``"hi"`` (one word each, exact) or ``"full"``."""
+        return "empty" if self._layout is None else _LAYOUT_NAMES[self._layout]
+
+    @property
     def nbytes(self) -> int:
-        """Bytes held by the table."""
-        return self._table.nbytes
+        """Bytes held by the sub-tables."""
+        if self._tables is None:
+            return 0
+        return int(self._caps.sum()) * 8 * (2 if self._layout == _FULL else 1)
+
+    def _keys(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        assert self._layout is not None
+        out = np.empty((hi.shape[0], 2 if self._layout == _FULL else 1), dtype=np.uint64)
+        return _encode(hi, lo, self._layout, out)
+
+    def _fit(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        """Choose the layout, or widen it to 128 bits once a key does not fit."""
+        if self._layout is None:
+            self._layout = int(_best_layout(hi, lo))
+            self._make_tables(2 if self._layout == _FULL else 1)
+            return
+        if self._layout == _FULL or self._fitting(hi, lo).all():
+            return
+        n = len(self)
+        old_hi, old_lo = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint64)
+        _decode_all(self._tables, self._zero, self._layout, old_hi, old_lo)
+        self._zero[:] = False
+        self._counts[:] = 0
+        self._layout = _FULL
+        self._make_tables(2)
+        self._insert(old_hi, old_lo)
+
+    def _fitting(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        out = np.empty(hi.shape[0], dtype=np.bool_)
+        _fits(hi, lo, self._layout, out)
+        return out
 
     def add(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Insert keys in order; True where a key was never seen before (first occurrence)."""
         hi = np.ascontiguousarray(hi, dtype=np.uint64).ravel()
         lo = np.ascontiguousarray(lo, dtype=np.uint64).ravel()
+        if hi.shape != lo.shape:
+            raise ValueError("hi and lo must have the same number of keys")
+        if hi.shape[0] == 0:
+            return np.zeros(0, dtype=np.bool_)
+        self._fit(hi, lo)
+        return self._insert(hi, lo)
+
+    def _insert(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         new = np.empty(hi.shape[0], dtype=np.bool_)
         step = 1 << 22  # bounded batches bound the scratch arrays
         for i0 in range(0, hi.shape[0], step):
             b_hi, b_lo = hi[i0 : i0 + step], lo[i0 : i0 + step]
-            k_hi, k_lo = np.empty_like(b_hi), np.empty_like(b_lo)
+            k_sorted = np.empty((b_hi.shape[0], 2 if self._layout == _FULL else 1),
+                                dtype=np.uint64)
             origin = np.empty(b_hi.shape[0], dtype=np.int64)
             starts = np.empty(_PARTS + 1, dtype=np.int64)
-            _partition(b_hi, b_lo, k_hi, k_lo, origin, starts)
+            _partition(b_hi, b_lo, self._layout, k_sorted, origin, starts)
             resume = starts[:-1].copy()
+            before = self._counts.copy()
             while True:
-                _insert(self._table, self._zero, self._counts, k_hi, k_lo, origin, starts,
+                _insert(self._tables, self._zero, self._counts, k_sorted, origin, starts,
                         resume, new[i0 : i0 + step])
-                if np.array_equal(resume, starts[1:]):
+                stopped = np.nonzero(resume < starts[1:])[0]
+                if not stopped.size:
                     break
-                self._grow()
+                self._grow_parts(stopped, before, starts, resume)
         return new
+
+    def _grow_parts(self, parts: np.ndarray, before: np.ndarray, starts: np.ndarray,
+                    resume: np.ndarray) -> None:
+        """Grow full sub-tables to hold what is left of this batch at the rate seen so far."""
+        done = resume[parts] - starts[parts]
+        fresh = self._counts[parts] - before[parts]
+        rate = (fresh + 1) / (done + 1)
+        left = starts[parts + 1] - resume[parts]
+        cap = self._caps[parts]
+        # mostly new keys: double (amortized O(1) moves per key); mostly repeats: half again
+        grown = (cap * np.where(rate > 0.5, 2.0, 1.5)).astype(np.int64)
+        expect = np.ceil(2 * (self._counts[parts] + rate * left)).astype(np.int64)
+        most = 2 * (self._counts[parts] + left) + 8  # every key left new: load 1/2
+        caps = np.maximum(grown, np.minimum(expect, most))
+        width = 2 if self._layout == _FULL else 1
+        # grow a sixteenth of the set at a time once it is large: never two copies of it all
+        step = _PARTS // 16 if 8 * width * int(caps.sum()) > 64 << 20 else _PARTS
+        for i in range(0, parts.shape[0], step):
+            _grow(self._tables, parts[i : i + step].astype(np.int64), caps[i : i + step])
+        self._caps[parts] = caps
 
     def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """True where a key is in the set (nothing is inserted)."""
         hi = np.ascontiguousarray(hi, dtype=np.uint64).ravel()
         lo = np.ascontiguousarray(lo, dtype=np.uint64).ravel()
-        out = np.empty(hi.shape[0], dtype=np.bool_)
-        _lookup(self._table, self._zero, hi, lo, out)
+        out = np.zeros(hi.shape[0], dtype=np.bool_)
+        if self._layout is None or not hi.shape[0]:
+            return out
+        ok = self._fitting(hi, lo)
+        if not ok.all():  # keys the layout cannot hold are not members
+            out[ok] = self.contains(hi[ok], lo[ok])
+            return out
+        _lookup(self._tables, self._zero, self._keys(hi, lo), out)
         return out
-
-    def _grow(self) -> None:
-        """Double every sub-table (they share one capacity) and re-insert their keys."""
-        old = self._table
-        self._table = np.zeros((_PARTS, 2 * old.shape[1], 2), dtype=np.uint64)
-        _rehash(old, self._table)
 
 
 def _row_groups(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
