@@ -7,6 +7,7 @@ laptop CPU can train in a minute, so the demo and the experiment can show the au
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ def train_student(
     lr: float = 3e-3,
     corpus_softmax: bool = True,
     seed: int = 0,
+    device: str | torch.device = "cpu",
     progress: bool = False,
     desc: str = "training student",
 ) -> Any:
@@ -39,8 +41,9 @@ def train_student(
     Sequences are concatenated into one stream and cut into windows of ``seq_len`` tokens.
     With ``corpus_softmax`` the training softmax runs over the tokens that occur in the corpus
     (a sampled softmax: tokens the teacher never wrote get no gradient), which makes a step tens
-    of times cheaper than a softmax over the whole vocabulary. Deterministic for a ``seed`` (on
-    one thread count).
+    of times cheaper than a softmax over the whole vocabulary. The learning rate warms up
+    linearly over the first tenth of the steps, then decays on a cosine to zero. Deterministic
+    for a ``seed`` (on one device and thread count). The model is returned on ``device``.
     """
     if steps < 1 or batch_size < 1 or seq_len < 2:
         raise ConfigError("steps, batch_size must be >= 1 and seq_len >= 2")
@@ -49,15 +52,16 @@ def train_student(
         raise InputError(f"need more than {seq_len} tokens to train on, got {stream.size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    if not lr > 0:
+        raise ConfigError(f"lr must be positive, got {lr}")
     model = tiny_llama(vocab_size, hidden_size=hidden_size, num_layers=num_layers,
-                       num_heads=num_heads, seed=seed)
+                       num_heads=num_heads, seed=seed).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=0.1)
-    data = torch.as_tensor(stream)
-    vocab_ids = torch.as_tensor(np.unique(stream))
-    local = torch.full((vocab_size,), -1, dtype=torch.int64)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps))
+    data = torch.as_tensor(stream, device=device)
+    vocab_ids = torch.as_tensor(np.unique(stream), device=device)
+    local = torch.full((vocab_size,), -1, dtype=torch.int64, device=device)
     local[vocab_ids] = torch.arange(len(vocab_ids))
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     bar = tqdm(range(steps), desc=desc, disable=not progress)
@@ -80,4 +84,12 @@ def train_student(
     return model
 
 
-__all__ = ["train_student"]
+def lr_factor(step: int, steps: int) -> float:
+    """The learning-rate multiplier at ``step`` of ``steps``: linear warm-up, cosine decay."""
+    warm = max(1, steps // 10)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+
+__all__ = ["lr_factor", "train_student"]
