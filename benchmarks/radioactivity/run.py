@@ -342,8 +342,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.prompts, args.new_tokens, args.answer_tokens = 16, 16, 16
         args.steps, args.controls, args.gen_batch = 30, 20, 16
-    if args.steps == 10:  # train_student's one-cycle schedule divides by zero at 10 steps
-        p.error("--steps 10 is not supported by train_student; use 9 or 11")
     if min(args.prompts, args.new_tokens, args.answer_tokens, args.steps, args.controls) < 1:
         p.error("budgets must be positive")
     return args
@@ -458,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             student.eval()
             print(f"   reusing {ckpt}")
         else:
-            student = train_student(seqs, vocab_size=vocab, **train_kw, progress=False)
+            student = train_student(seqs, vocab_size=vocab, **train_kw, device=args.device,
+                                    progress=False)
             torch.save(student.state_dict(), ckpt)
         student.to(args.device)
         with torch.no_grad():  # the student's loss on its own training stream, for the record
@@ -502,11 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         lp = r1.result.detection.log10_pvalue
         checks.append(("rho = 1, closed mode: p <= 1e-12", lp <= TARGET_CLOSED_RHO1,
                        f"log10 p = {lp:.2f}"))
-    r005 = find(0.05, "open")
-    if r005 is not None:
-        lp = r005.result.detection.log10_pvalue
-        checks.append(("rho = 0.05, open mode: p <= 1e-5", lp <= TARGET_OPEN_RHO005,
-                       f"log10 p = {lp:.2f}"))
+    r005, r005_seen = find(0.05, "open"), find(0.05, "open-seen")
+    if r005_seen is not None:  # Sander et al.'s supervised open-model setting
+        lp = r005_seen.result.detection.log10_pvalue
+        other = ("" if r005 is None else "; reading all the teacher's answers (unsupervised): "
+                 f"log10 p = {r005.result.detection.log10_pvalue:.2f}")
+        checks.append(("rho = 0.05, open mode, reading the watermarked answers it trained on: "
+                       "p <= 1e-5", lp <= TARGET_OPEN_RHO005, f"log10 p = {lp:.2f}{other}"))
     for r in rows:
         if r.dedup == "none" or not (r.rho == 0 or r.suspect == "base"):
             continue
