@@ -208,13 +208,18 @@ def _insert(tables, zero, counts, keys, origin, starts, resume, new):
     that reaches its load limit stops; ``resume[p]`` says where, and the caller grows that
     sub-table and calls again.
     """
+    two = keys.shape[1] == 2
     for p in nb.prange(_PARTS):
         t = tables[np.int64(p)]
         cap = t.shape[0]
         limit = _limit(cap)
+        count = counts[p]
         j = resume[p]
-        while j < starts[p + 1]:
-            if _is_empty(keys, j):
+        end = starts[p + 1]
+        while j < end:
+            a = keys[j, 0]
+            b = keys[j, 1] if two else np.uint64(0)
+            if a == 0 and b == 0:
                 new[origin[j]] = not zero[p]
                 zero[p] = True
                 j += 1
@@ -222,17 +227,20 @@ def _insert(tables, zero, counts, keys, origin, starts, resume, new):
             s = _slot(_hash(keys, j), cap)
             full = False
             while True:
-                if _is_empty(t, s):
-                    if counts[p] >= limit:
+                ta = t[s, 0]
+                tb = t[s, 1] if two else np.uint64(0)
+                if ta == a and tb == b:
+                    new[origin[j]] = False
+                    break
+                if ta == 0 and tb == 0:
+                    if count >= limit:
                         full = True
                         break
-                    for w in range(t.shape[1]):
-                        t[s, w] = keys[j, w]
-                    counts[p] += 1
+                    t[s, 0] = a
+                    if two:
+                        t[s, 1] = b
+                    count += 1
                     new[origin[j]] = True
-                    break
-                if _same(t, s, keys, j):
-                    new[origin[j]] = False
                     break
                 s += 1
                 if s == cap:
@@ -240,6 +248,7 @@ def _insert(tables, zero, counts, keys, origin, starts, resume, new):
             if full:
                 break  # resume here once the sub-table has grown
             j += 1
+        counts[p] = count
         resume[p] = j
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fingerprint import stats
-from fingerprint.core.contexts import tuple_keys, windows_at
+from fingerprint.core.contexts import windows_at
 from fingerprint.detect.calibrate import CalibrationReport, random_keys
 from fingerprint.detect.corpus import CorpusReader, Skipped
 from fingerprint.detect.detector import (
@@ -50,7 +50,7 @@ from fingerprint.detect.detector import (
 )
 from fingerprint.detect.normalize import NormalizeConfig, decode_utf8
 from fingerprint.detect.text import encode_text
-from fingerprint.detect.tuples import TupleSet, _mix, select_positions
+from fingerprint.detect.tuples import TupleSet, select_positions
 from fingerprint.errors import ConfigError, InputError
 
 CHUNK_TOKENS = 1 << 22  # tokens per chunk: what bounds the engine's working memory
@@ -125,53 +125,10 @@ class ExactSum:
         return cls(int(s, 16) if s else 0)
 
 
-# -- repeats inside one batch --------------------------------------------------------------------
-@nb.njit(cache=True)
-def _first_kernel(hi, lo, out):
-    n = hi.shape[0]
-    cap = 16
-    while cap < 2 * n:
-        cap *= 2
-    t_hi = np.empty(cap, dtype=np.uint64)
-    t_lo = np.empty(cap, dtype=np.uint64)
-    used = np.zeros(cap, dtype=np.bool_)
-    for i in range(n):
-        a = hi[i]
-        b = lo[i]
-        slot = np.int64(_mix(a, b) & np.uint64(cap - 1))
-        while True:
-            if not used[slot]:
-                used[slot] = True
-                t_hi[slot] = a
-                t_lo[slot] = b
-                out[i] = True
-                break
-            if t_hi[slot] == a and t_lo[slot] == b:
-                out[i] = False
-                break
-            slot = (slot + 1) & (cap - 1)
-
-
+# -- repeats inside one set of records -----------------------------------------------------------
 def first_occurrence(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """True at the first occurrence of each (hi, lo) key in array order (a transient table)."""
-    hi = np.ascontiguousarray(hi, dtype=np.uint64).ravel()
-    lo = np.ascontiguousarray(lo, dtype=np.uint64).ravel()
-    out = np.empty(hi.shape[0], dtype=np.bool_)
-    _first_kernel(hi, lo, out)
-    return out
-
-
-def batch_repeats(x: np.ndarray, h: int, mask: np.ndarray | None, candidates: np.ndarray,
-                  with_token: bool) -> np.ndarray:
-    """[B, T] True at candidate positions whose tuple already occurred earlier in this batch.
-
-    Such positions can never be a first occurrence in the corpus; dropping them before the
-    shared :class:`TupleSet` sees them keeps its growth estimate free of hot repeated tuples.
-    """
-    hi, lo = tuple_keys(x, h, with_token=with_token, mask=mask)
-    out = np.zeros(x.shape, dtype=bool)
-    out[candidates] = ~first_occurrence(hi[candidates], lo[candidates])
-    return out
+    """True at the first occurrence of each (hi, lo) key in array order (a transient set)."""
+    return TupleSet().add(hi, lo)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -529,12 +486,7 @@ def detect_stream(
             for chunk in reader.chunks(unit):
                 skipped.extend(chunk.skipped)
                 for x, m, s in _batches(chunk):
-                    exclude = None
-                    if cfg.dedup != "none":
-                        cand = select_positions(x, cfg.h, mask=m, score_from=s, dedup="none",
-                                                skip_prompt_windows=cfg.skip_prompt_windows)
-                        exclude = batch_repeats(x, cfg.h, m, cand, cfg.dedup == "tuple")
-                    out = detector.update(state, x, mask=m, score_from=s, exclude=exclude,
+                    out = detector.update(state, x, mask=m, score_from=s,
                                           vocab_size=vocab_size, return_values=gumbel)
                     if out is not None:
                         sel, values = out
@@ -586,14 +538,8 @@ def calibrate_stream(
             for chunk in reader.chunks(unit):
                 skipped.extend(chunk.skipped)
                 for x, m, s in _batches(chunk):
-                    cand = select_positions(x, cfg.h, mask=m, score_from=s, dedup="none",
-                                            skip_prompt_windows=cfg.skip_prompt_windows)
-                    sel = cand
-                    if cfg.dedup != "none":
-                        ex = batch_repeats(x, cfg.h, m, cand, cfg.dedup == "tuple")
-                        sel = select_positions(x, cfg.h, mask=m, score_from=s, dedup=cfg.dedup,
-                                               seen=seen, exclude=ex,
-                                               skip_prompt_windows=cfg.skip_prompt_windows)
+                    sel = select_positions(x, cfg.h, mask=m, score_from=s, dedup=cfg.dedup,
+                                           seen=seen, skip_prompt_windows=cfg.skip_prompt_windows)
                     n_pos += count_candidates(x, m, s)
                     n_scored += int(sel.sum())
                     ctx, tok = windows_at(x, cfg.h, m, sel)
