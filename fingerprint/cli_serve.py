@@ -70,7 +70,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fingerprint.serve.server import check_bind
     from fingerprint.watermark.generate import make_watermark
 
-    configure_logging(args.log_level)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must lie in 0..65535, got {args.port}")
     api_keys = None if args.api_keys is None else ApiKeys.load(args.api_keys)
@@ -78,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = WatermarkKey.load(args.key)
     make_watermark(args.scheme, key, gamma=args.gamma, delta=args.delta,
                    context_width=args.context_width, prf=args.prf)
+    configure_logging(args.log_level)  # from here on, stderr holds JSON lines only
     limits = Limits(max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
                     max_n=min(args.max_n, args.max_batch), max_prompts=args.max_batch,
                     max_prompt_tokens=args.max_prompt_tokens, max_body_bytes=args.max_body_bytes,

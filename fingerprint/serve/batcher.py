@@ -146,9 +146,11 @@ class RowSampler(LogitsProcessor):
         greedy = [i for i, s in enumerate(sam) if s.greedy]
         self.greedy = _index(greedy, device) if greedy else None
         sampled = [i for i, s in enumerate(sam) if not s.greedy]
-        self.seeded = [i for i in sampled if rows[i].seed is not None]
-        shared = [i for i in sampled if rows[i].seed is None]
+        self.sampled = _index(sampled, device) if sampled else None
+        # positions (within the sampled rows) drawing from the shared RNG / their own generator
+        shared = [k for k, i in enumerate(sampled) if rows[i].seed is None]
         self.shared = _index(shared, device) if shared else None
+        self.seeded = [(k, i) for k, i in enumerate(sampled) if rows[i].seed is not None]
         heated = [i for i in sampled if sam[i].temperature != 1.0]
         self.heated = _index(heated, device) if heated else None
         self.temps = torch.tensor([sam[i].temperature for i in heated], device=device)[:, None]
@@ -160,7 +162,9 @@ class RowSampler(LogitsProcessor):
         self.marked = None if len(marked) == len(rows) else _index(marked, device)
         if self.watermark is not None and getattr(self.watermark, "check_placement", False):
             self.watermark.check_placement = False  # it runs inside this processor, by design
-        for i in self.seeded:
+        self._out: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
+        for _, i in self.seeded:
             g = torch.Generator(device=device)
             g.manual_seed(rows[i].seed)  # type: ignore[arg-type]
             rows[i].generator = g
@@ -187,15 +191,29 @@ class RowSampler(LogitsProcessor):
         choice = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
         if self.greedy is not None:
             choice[self.greedy] = scores[self.greedy].argmax(dim=-1)
+        if self.sampled is not None:
+            choice[self.sampled] = self._draw(scores[self.sampled])
+        # one -inf buffer per generate call: only the previous step's choices are reset
+        if self._out is None or self._out.shape != scores.shape:
+            self._out = torch.full_like(scores, -torch.inf)
+        elif self._last is not None:
+            self._out.scatter_(1, self._last, -torch.inf)
+        self._last = choice[:, None]
+        return self._out.scatter_(1, self._last, 0.0)
+
+    def _draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """One token per row from ``softmax(scores)``, by inverse CDF: a single uniform per row
+        (from the row's generator when it has a seed) instead of ``torch.multinomial``'s one per
+        vocabulary entry. ``right=True`` never picks a token of probability 0."""
+        cdf = scores.softmax(dim=-1).cumsum_(dim=-1)
+        total = cdf[:, -1:]
+        u = torch.empty_like(total)
         if self.shared is not None:
-            probs = scores[self.shared].softmax(dim=-1)
-            choice[self.shared] = torch.multinomial(probs, 1).squeeze(1)
-        for i in self.seeded:
-            probs = scores[i].softmax(dim=-1)
-            choice[i] = torch.multinomial(probs, 1, generator=self.rows[i].generator)[0]
-        out = torch.full_like(scores, -torch.inf)
-        out.scatter_(1, choice[:, None], 0.0)
-        return out
+            u[self.shared] = torch.rand(len(self.shared), 1, dtype=u.dtype, device=u.device)
+        for k, i in self.seeded:
+            u[k] = torch.rand(1, dtype=u.dtype, device=u.device, generator=self.rows[i].generator)
+        x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+        return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
 
 
 class RowTracker(StoppingCriteria):

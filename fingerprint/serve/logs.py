@@ -14,6 +14,7 @@ import time
 from typing import IO, Any
 
 LOGGERS = ("fingerprint.serve", "uvicorn")
+THIRD_PARTY = ("transformers",)  # warnings only, as JSON too
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,15 +39,23 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str | int = "info", stream: IO[str] | None = None
                       ) -> logging.Handler:
-    """Send the server's and uvicorn's logs, as JSON lines, to ``stream`` (stderr)."""
+    """Send the server's, uvicorn's and transformers' logs, as JSON lines, to ``stream``
+    (stderr), and turn transformers' progress bars off: stderr holds JSON lines only."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     lvl = level.upper() if isinstance(level, str) else level
-    for name in LOGGERS:
+    for name in LOGGERS + THIRD_PARTY:
         lg = logging.getLogger(name)
         lg.handlers = [handler]
-        lg.setLevel(lvl)
         lg.propagate = False
+        if name in LOGGERS:
+            lg.setLevel(lvl)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
     return handler
 
 
