@@ -398,3 +398,15 @@ def test_cli_detect_and_calibrate(tmp_path, capsys) -> None:
         in (0, 1)
     cal = json.loads((tmp_path / "c.json").read_text())
     assert cal["n_keys"] == 200 and len(cal["log10_pvalues"]) == 200
+
+
+@pytest.mark.parametrize("scheme", ["kgw", "gumbel", "dual_key_gumbel"])
+def test_pair_values_from_torch_tensors_equal_numpy(scheme) -> None:
+    import torch
+
+    rng = np.random.default_rng(4)
+    ctx, tok = rng.integers(-1, 500, (300, 3)), rng.integers(0, 500, 300)
+    det = Detector(KEY, DetectorConfig(scheme=scheme, context_width=3))
+    want = det.pair_values(ctx, tok)
+    got = det.pair_values(torch.as_tensor(ctx), torch.as_tensor(tok))
+    assert isinstance(got, np.ndarray) and np.array_equal(got, want)

@@ -304,8 +304,12 @@ class Detector:
 
 def combine_scores(config: DetectorConfig, uniforms: Sequence[np.ndarray]) -> np.ndarray:
     """Per-position score contributions from each PRF's uniforms: the uniform itself (KGW),
-    ``-log(1 - u)`` (Gumbel), or vLLM's weighted sum of the two keys' (dual-key Gumbel)."""
-    us = uniforms
+    ``-log(1 - u)`` (Gumbel), or vLLM's weighted sum of the two keys' (dual-key Gumbel).
+
+    Torch tensors (any device) are brought to numpy first, so the scores, and the sums made of
+    them, are the same bits whichever device computed the uniforms.
+    """
+    us = [u.cpu().numpy() if hasattr(u, "cpu") else np.asarray(u) for u in uniforms]
     if config.scheme == "kgw":
         return us[0]
     scores = [-np.log1p(-u.astype(np.float64)) for u in us]
