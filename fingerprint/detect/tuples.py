@@ -544,9 +544,10 @@ def select_positions(
     hi, lo = tuple_keys(x, context_width, with_token=dedup == "tuple", mask=mask,
                         candidates=candidates)
     store = seen if seen is not None else TupleSet()
-    first = store.add(hi[sel], lo[sel])
+    if sel.all():  # the common case (no padding, no prompt): no gathered copies
+        return store.add(hi, lo).reshape(x.shape)
     out = np.zeros(x.shape, dtype=bool)
-    out[sel] = first
+    out[sel] = store.add(hi[sel], lo[sel])
     return out
 
 
