@@ -410,3 +410,19 @@ def test_pair_values_from_torch_tensors_equal_numpy(scheme) -> None:
     want = det.pair_values(ctx, tok)
     got = det.pair_values(torch.as_tensor(ctx), torch.as_tensor(tok))
     assert isinstance(got, np.ndarray) and np.array_equal(got, want)
+
+
+def test_calibration_check_is_exact_for_few_tuples() -> None:
+    """On 12 tuples the binomial p-value takes few values: plain KS would flag a valid test."""
+    from fingerprint import stats
+
+    seq = np.arange(100, 112)
+    rep = calibrate([seq], DetectorConfig(context_width=1), n_keys=1000, seed=3)
+    assert rep.n_scored == 12
+    plain = stats.calibration_summary([10**lp for lp in rep.log10_pvalues])
+    assert plain.ks_pvalue < 1e-6 and not plain.calibrated  # the steps, not a broken test
+    assert rep.calibrated and rep.summary.ks_pvalue > 0.01
+    # the check still fails a broken test: every tuple repeated (dedup off) inflates evidence
+    bad = calibrate([np.tile(seq, 30)], DetectorConfig(context_width=1, dedup="none"),
+                    n_keys=1000, seed=3)
+    assert not bad.calibrated

@@ -20,8 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint import stats
-from fingerprint.detect.calibrate import ScoredBatch, random_keys, results_under_keys
+from fingerprint.detect.calibrate import (
+    ScoredBatch,
+    null_summary,
+    random_keys,
+    results_under_keys,
+)
 from fingerprint.detect.detector import DetectionResult, DetectorConfig
 
 
@@ -88,8 +92,7 @@ def run_controls(
     stat = np.array([r.statistic for r in results])
     logps = [r.log10_pvalue for r in results]
     emp = (1 + int(np.count_nonzero(stat >= real.statistic))) / (n_keys + 1)
-    pvals = [stats.log10_to_pvalue(lp) for lp in logps]
-    summary = stats.calibration_summary(pvals, alphas=(0.01,))
+    summary = null_summary(results, config, (0.01,), seed)
     return ControlsResult(
         n_keys=n_keys, statistics=stat.tolist(), log10_pvalues=logps, empirical_pvalue=emp,
         ks_statistic=float(summary.ks_statistic), ks_pvalue=float(summary.ks_pvalue),

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fingerprint import stats
+from fingerprint.core import prf_class
 from fingerprint.core.contexts import windows_at
 from fingerprint.detect.detector import (
     DetectionResult,
@@ -105,6 +106,31 @@ def results_under_keys(
     return out
 
 
+def null_summary(results: Sequence[DetectionResult], config: DetectorConfig,
+                 alphas: Sequence[float] = (0.01, 0.05), seed: int | None = None
+                 ) -> stats.CalibrationResult:
+    """Calibration summary (FPR per alpha, KS against U(0, 1)) of results under random keys.
+
+    KGW's exact binomial p-value is discrete: under the null P(p <= a) <= a, with coarse steps
+    when few tuples are scored, and a KS test against U(0, 1) then rejects a valid test. The
+    check uses the randomized p-value P(X > g) + V P(X = g) instead, with V ~ U(0, 1) drawn
+    independently (from ``seed``), which is exactly U(0, 1) under the null. Only the check
+    uses it: reported p-values stay the exact, non-randomized ones. Gumbel's Gamma tail is
+    continuous and is used as it is.
+    """
+    pvals = np.array([stats.log10_to_pvalue(r.log10_pvalue) for r in results])
+    if config.scheme == "kgw" and len(results):
+        gamma = prf_class(config.prf).green_probability(config.gamma)
+        above = np.array([
+            0.0 if r.n_green is None or r.n_green >= r.n_scored
+            else stats.log10_to_pvalue(stats.binomial_test(r.n_green + 1, r.n_scored,
+                                                           gamma).log10_pvalue)
+            for r in results])
+        v = np.random.default_rng(None if seed is None else [seed, 0x9A11]).random(len(results))
+        pvals = np.clip(above + v * (pvals - above), 0.0, 1.0)
+    return stats.calibration_summary(pvals, alphas=tuple(alphas))
+
+
 def random_keys(n: int, seed: int | None = None) -> list[WatermarkKey]:
     """``n`` fresh random keys; a ``seed`` makes them reproducible (for tests and controls)."""
     if seed is None:
@@ -141,12 +167,10 @@ def calibrate(
     scored = [ScoredBatch(x, m, sel) for (x, m, _), sel in zip(batches, selections, strict=True)]
     results = results_under_keys(scored, cfg, random_keys(n_keys, seed), n_positions=n_pos,
                                  progress="calibration keys" if progress else None)
-    logps = [r.log10_pvalue for r in results]
-    pvals = [stats.log10_to_pvalue(lp) for lp in logps]
     n_scored = int(sum(int(s.sum()) for s in selections))
-    return CalibrationReport(cfg.to_dict(), n_keys, n_scored, logps,
-                             stats.calibration_summary(pvals, alphas=tuple(alphas)))
+    return CalibrationReport(cfg.to_dict(), n_keys, n_scored, [r.log10_pvalue for r in results],
+                             null_summary(results, cfg, alphas, seed))
 
 
-__all__ = ["CalibrationReport", "ScoredBatch", "calibrate", "random_keys", "results_under_keys",
-           "selected_pairs"]
+__all__ = ["CalibrationReport", "ScoredBatch", "calibrate", "null_summary", "random_keys",
+           "results_under_keys", "selected_pairs"]

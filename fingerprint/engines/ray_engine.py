@@ -543,7 +543,7 @@ def calibrate_ray(
     dets = [Detector(k, cfg) for k in keys]
     green = t.n_green if len(t.n_green) == n_keys else np.zeros(n_keys, dtype=np.int64)
     sums = t.sums if len(t.sums) == n_keys else [ExactSum() for _ in keys]
-    return calibration_report(cfg, dets, t.n_positions, t.n_scored, green, sums, alphas), \
+    return calibration_report(cfg, dets, t.n_positions, t.n_scored, green, sums, alphas, seed), \
         t.skipped
 
 

@@ -36,9 +36,8 @@ import numba as nb
 import numpy as np
 from tqdm.auto import tqdm
 
-from fingerprint import stats
 from fingerprint.core.contexts import windows_at
-from fingerprint.detect.calibrate import CalibrationReport, random_keys
+from fingerprint.detect.calibrate import CalibrationReport, null_summary, random_keys
 from fingerprint.detect.corpus import CorpusReader, Skipped
 from fingerprint.detect.detector import (
     DetectionResult,
@@ -548,7 +547,7 @@ def calibrate_stream(
                 bar.update(chunk.n_tokens)
     finally:
         bar.close()
-    return calibration_report(cfg, dets, n_pos, n_scored, green, sums, alphas), skipped
+    return calibration_report(cfg, dets, n_pos, n_scored, green, sums, alphas, seed), skipped
 
 
 def add_scores(det: Detector, ctx: np.ndarray, tok: np.ndarray, green: np.ndarray,
@@ -565,17 +564,17 @@ def add_scores(det: Detector, ctx: np.ndarray, tok: np.ndarray, green: np.ndarra
 
 
 def calibration_report(cfg: DetectorConfig, dets: Sequence[Detector], n_pos: int, n_scored: int,
-                       green: np.ndarray, sums: Sequence[ExactSum], alphas: Sequence[float]
-                       ) -> CalibrationReport:
+                       green: np.ndarray, sums: Sequence[ExactSum], alphas: Sequence[float],
+                       seed: int | None = None) -> CalibrationReport:
     """The report of :func:`~fingerprint.detect.calibrate.calibrate` from per-key totals."""
-    logps = []
+    results = []
     for k, det in enumerate(dets):
         s = Sufficient(n_pos, n_scored, int(green[k]) if cfg.scheme == "kgw" else 0,
                        0.0 if cfg.scheme == "kgw" else sums[k].value())
-        logps.append(det.test(s).log10_pvalue)
-    pvals = [stats.log10_to_pvalue(lp) for lp in logps]
-    return CalibrationReport(cfg.to_dict(), len(dets), n_scored, logps,
-                             stats.calibration_summary(pvals, alphas=tuple(alphas)))
+        results.append(det.test(s))
+    return CalibrationReport(cfg.to_dict(), len(dets), n_scored,
+                             [r.log10_pvalue for r in results],
+                             null_summary(results, cfg, alphas, seed))
 
 
 __all__ = [
