@@ -35,7 +35,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--max-batch", type=int, default=8, help="rows per generate call (8)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
-                   help="how long a batch's first request waits for others (10 ms)")
+                   help="a batch starts once no request has arrived for this long (10 ms) and "
+                        "as many rows wait as in the previous batch")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="the longest a batch waits to form (default 10 x --batch-wait-ms)")
     p.add_argument("--max-tokens-limit", type=int, default=1024,
                    help="largest max_tokens a request may ask for (1024)")
     p.add_argument("--default-max-tokens", type=int, default=256,
@@ -99,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      api_keys=api_keys, model_name=_served_name(args.model,
                                                                 args.served_model_name),
                      limits=limits, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                     max_wait_ms=args.max_wait_ms,
                      shutdown_timeout=args.shutdown_timeout)
     return run_server(app, args.host, args.port, log_level=args.log_level,
                       shutdown_timeout=args.shutdown_timeout)

@@ -223,8 +223,8 @@ def test_completions_prompt_list_and_n(client: Any) -> None:
 
 
 def test_seed_and_stream_give_the_same_text(client: Any, http: httpx.Client) -> None:
-    kw: dict[str, Any] = {"model": MODEL, "messages": CHAT, "max_tokens": 20, "seed": 1234,
-                          "temperature": 0.9, "top_p": 0.95, "extra_body": {"min_tokens": 20}}
+    kw: dict[str, Any] = {"model": MODEL, "messages": CHAT, "max_tokens": 12, "seed": 1234,
+                          "temperature": 0.9, "top_p": 0.95, "extra_body": {"min_tokens": 12}}
     a = client.chat.completions.create(**kw).choices[0].message.content
     b = client.chat.completions.create(**kw).choices[0].message.content
     other = client.chat.completions.create(**{**kw, "seed": 99}).choices[0].message.content
@@ -236,9 +236,9 @@ def test_seed_and_stream_give_the_same_text(client: Any, http: httpx.Client) -> 
     assert "".join(pieces) == a
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
     # the wire format: SSE data lines, the last one [DONE]
-    body = {k: v for k, v in kw.items() if k != "extra_body"} | {"min_tokens": 20,
+    body = {k: v for k, v in kw.items() if k != "extra_body"} | {"min_tokens": 12,
                                                                  "stream": True}
     with http.stream("POST", "/v1/chat/completions", json=body, headers=auth()) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -430,7 +430,7 @@ def test_disconnect_while_waiting_cancels(server: ServerThread, logs: LogCapture
 def test_slow_reader_and_busy_model_stall_nobody(server: ServerThread, http: httpx.Client,
                                                  client: Any) -> None:
     batcher = serve_state(server.app).batcher
-    body = {"model": MODEL, "messages": CHAT, "max_tokens": 400, "min_tokens": 400,
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 300, "min_tokens": 300,
             "stream": True, "stream_options": {"include_usage": True}}
     with http.stream("POST", "/v1/chat/completions", json=body, headers=auth()) as resp:
         lines = resp.iter_lines()
@@ -447,7 +447,7 @@ def test_slow_reader_and_busy_model_stall_nobody(server: ServerThread, http: htt
         assert r.choices[0].message.content is not None
         assert batcher.active_rows == 0  # the long row was generated without being read
         events = sse_events(seen + list(lines))
-    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 400
+    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 300
     finishes = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]]
     assert finishes[-1] == "length"
 
@@ -635,6 +635,6 @@ def test_no_secret_in_logs_or_responses(server: ServerThread, recorded: Recorded
     assert_no_secret(blobs, forms, "response")
     assert_no_secret([line.encode() for line in logs.lines], forms, "log line")
     assert len(request_logs(logs)) >= 10
-    assert all(r.get("client") in (None, "key@1", "key@2", "anonymous")
-               for r in request_logs(logs))
+    assert {r.get("client") for r in request_logs(logs)} <= {"unauthenticated", "anonymous",
+                                                             "key@1", "key@2"}
     assert wm_key.key_id.encode() in blobs[-1]  # the public id is there, the key is not

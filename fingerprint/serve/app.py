@@ -218,6 +218,7 @@ class FrontDoor:
             if st.api_keys is not None and path not in _UNAUTHENTICATED_PATHS:
                 principal = st.api_keys.check(bearer_token(headers.get("authorization")))
                 if principal is None:
+                    info["client"] = "unauthenticated"
                     msg = ("Incorrect API key provided" if headers.get("authorization")
                            else "You didn't provide an API key: send 'Authorization: Bearer "
                                 "<key>'")
@@ -483,6 +484,7 @@ def create_app(
     limits: Limits | None = None,
     max_batch: int = 8,
     batch_wait_ms: float = 10.0,
+    max_wait_ms: float | None = None,
     shutdown_timeout: float = 60.0,
 ) -> Starlette:
     """The OpenAI-compatible app serving ``model`` with the watermark of ``key``.
@@ -490,8 +492,10 @@ def create_app(
     ``scheme`` is ``"kgw"`` or ``"gumbel"`` (parameters as :func:`fingerprint.watermark.
     generate`). ``api_keys``: an :class:`ApiKeys` or a key file path; None lets every request
     in as anonymous (untrusted: nobody may opt out). ``limits`` caps each request.
-    ``max_batch`` rows go into one ``generate`` call; the first request of a batch waits up to
-    ``batch_wait_ms`` for others. The batcher starts with the app (lifespan) and, at shutdown,
+    ``max_batch`` rows go into one ``generate`` call; a batch forms until no request has come
+    for ``batch_wait_ms`` (and as many rows wait as in the previous batch), at most
+    ``max_wait_ms`` (see :class:`~fingerprint.serve.batcher.Batcher`). The batcher starts with
+    the app (lifespan) and, at shutdown,
     finishes the requests already accepted, waiting up to ``shutdown_timeout`` seconds.
     """
     if scheme not in ("kgw", "gumbel"):
@@ -507,6 +511,7 @@ def create_app(
         api_keys = ApiKeys.load(api_keys)
     batcher = Batcher(model, tokenizer, watermark=wm_kwargs["watermarking_config"],
                       max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000.0,
+                      max_wait_s=None if max_wait_ms is None else max_wait_ms / 1000.0,
                       max_queue_rows=limits.max_queue_rows)
     st = ServeState(tokenizer=tokenizer, batcher=batcher, limits=limits, api_keys=api_keys,
                     model_name=model_name, public=dict(public),
@@ -518,7 +523,7 @@ def create_app(
         logger.info("serving", extra={"fields": {
             "event": "start", "model": model_name, "watermark": public,
             "api_keys": 0 if api_keys is None else len(api_keys), "max_batch": max_batch,
-            "batch_wait_ms": batch_wait_ms}})
+            "batch_wait_ms": batch_wait_ms, "max_wait_ms": batcher.max_wait_s * 1000}})
         try:
             yield
         finally:

@@ -1,10 +1,17 @@
 """Dynamic batching: concurrent requests become rows of one ``model.generate`` call.
 
-A single worker thread owns the model. It waits for a first request, then up to
-``batch_wait_s`` for more (or until ``max_batch`` rows are queued), and runs them as one
-left-padded batch. The event loop never waits on the model: requests hand their rows to the
-worker and get their tokens back through a per-request callback (the server turns it into a
-per-request queue), so a slow reader holds up nobody else.
+A single worker thread owns the model and forms each batch when it is free:
+
+* at once when ``max_batch`` rows wait;
+* otherwise once no request has arrived for ``batch_wait_s`` (the window restarts with each
+  arrival, and opens no earlier than the end of the previous batch) *and* at least as many rows
+  wait as the previous batch had: the clients it just answered usually come back, and a batch
+  split in two would cost a whole extra pass of the model;
+* at the latest ``max_wait_s`` after it started to form (default ``10 * batch_wait_s``).
+
+The rows then run as one left-padded batch. The event loop never waits on the model: requests
+hand their rows to the worker and get their tokens back through a per-request callback (the
+server turns it into a per-request queue), so a slow reader holds up nobody else.
 
 Rows keep their own sampling parameters inside one batch. transformers runs greedy selection
 over the logits returned by :class:`RowSampler`, the last (and only) logits processor; that
@@ -164,6 +171,7 @@ class RowSampler(LogitsProcessor):
             self.watermark.check_placement = False  # it runs inside this processor, by design
         self._out: torch.Tensor | None = None
         self._last: torch.Tensor | None = None
+        self.watermark_seconds = 0.0  # time spent in the watermark processor (for monitoring)
         for _, i in self.seeded:
             g = torch.Generator(device=device)
             g.manual_seed(rows[i].seed)  # type: ignore[arg-type]
@@ -184,10 +192,12 @@ class RowSampler(LogitsProcessor):
             drop[:, -1:] = False
             scores[self.nucleus] = sub.masked_fill(drop.scatter(1, s_index, drop), -torch.inf)
         if self.watermark is not None:
+            t0 = time.perf_counter()
             if self.marked is None:
                 scores = self.watermark(input_ids, scores)
             else:
                 scores[self.marked] = self.watermark(input_ids[self.marked], scores[self.marked])
+            self.watermark_seconds += time.perf_counter() - t0
         choice = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
         if self.greedy is not None:
             choice[self.greedy] = scores[self.greedy].argmax(dim=-1)
@@ -272,6 +282,8 @@ class BatcherStats:
     tokens: int = 0
     cancelled_rows: int = 0
     failed_batches: int = 0
+    generate_seconds: float = 0.0
+    watermark_seconds: float = 0.0
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -282,13 +294,14 @@ class Batcher:
         model, tokenizer: a causal LM and its tokenizer (a pad token is required).
         watermark: a ``watermarking_config`` object (``make_watermark``) or None.
         max_batch: rows per ``generate`` call.
-        batch_wait_s: how long the first request of a batch waits for company.
+        batch_wait_s: the quiet gap (no new request) after which a batch may start.
+        max_wait_s: the longest a batch waits to form (default ``10 * batch_wait_s``).
         max_queue_rows: rows that may wait; beyond, :meth:`submit` raises :class:`OverloadedError`.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, watermark: Any | None = None,
                  max_batch: int = 8, batch_wait_s: float = 0.01,
-                 max_queue_rows: int = 256) -> None:
+                 max_wait_s: float | None = None, max_queue_rows: int = 256) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
         if not 0 <= batch_wait_s <= 10:
@@ -300,6 +313,9 @@ class Batcher:
         self.watermark = watermark
         self.max_batch = max_batch
         self.batch_wait_s = float(batch_wait_s)
+        self.max_wait_s = 10 * self.batch_wait_s if max_wait_s is None else float(max_wait_s)
+        self._last_arrival = 0.0
+        self._last_rows = 1
         self.max_queue_rows = max_queue_rows
         self.pad_token_id = int(pad)
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -366,6 +382,7 @@ class Batcher:
                 raise OverloadedError
             self._pending.append(job)
             self._queued_rows += len(job.rows)
+            self._last_arrival = time.monotonic()
             self._cond.notify_all()
 
     # -- worker -------------------------------------------------------------------------------
@@ -375,12 +392,16 @@ class Batcher:
                 self._cond.wait()
             if not self._pending:
                 return None
-            deadline = time.monotonic() + self.batch_wait_s
+            opened = time.monotonic()
+            latest = opened + self.max_wait_s
+            want = min(self.max_batch, self._last_rows)
             while self._accepting and self._queued_rows < self.max_batch:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                quiet = max(self._last_arrival, opened) + self.batch_wait_s
+                ready = now >= quiet and self._queued_rows >= want
+                if ready or now >= latest:
                     break
-                self._cond.wait(left)
+                self._cond.wait((quiet if now < quiet else latest) - now)
             batch: list[Job] = []
             rows = 0
             while self._pending:
@@ -400,6 +421,8 @@ class Batcher:
                 batch.append(job)
                 rows += len(job.rows)
             self._active_rows = rows
+            if rows:
+                self._last_rows = rows
             return batch
 
     def _run(self) -> None:
@@ -448,8 +471,11 @@ class Batcher:
             error = "generation failed on the server"
             logger.error("generation failed", extra={"fields": {
                 "event": "batch_error", "error_type": type(err).__name__, "rows": len(rows)}})
+        seconds = time.perf_counter() - t0
         cancelled = sum(r.finish == "cancelled" for r in rows)
         self.stats.cancelled_rows += cancelled
+        self.stats.generate_seconds += seconds
+        self.stats.watermark_seconds += sampler.watermark_seconds
         for job in jobs:
             if error is not None:
                 for r in job.rows:
@@ -465,7 +491,7 @@ class Batcher:
         logger.debug("batch done", extra={"fields": {
             "event": "batch", "rows": len(rows), "requests": len(jobs), "prompt_width": width,
             "tokens": sum(len(r.tokens) for r in rows), "cancelled_rows": cancelled,
-            "seconds": round(time.perf_counter() - t0, 4)}})
+            "seconds": round(seconds, 4), "watermark_s": round(sampler.watermark_seconds, 4)}})
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
