@@ -556,6 +556,32 @@ def test_opted_out_text_is_not_marked(server: ServerThread, recorded: Recorded,
     assert _pvalue(wm_key, header, plain, default_tokenizer) > 1e-4
 
 
+@pytest.mark.slow
+def test_smollm2_greedy_answers_match_generate(recorded: Recorded) -> None:
+    """Served greedy answers are token for token those of ``generate`` (marked and not)."""
+    from fingerprint.models import load_default_model
+    from fingerprint.watermark.generate import generate
+
+    model, tokenizer = load_default_model()
+    key = WatermarkKey.generate()
+    question = "What is the capital of France? Answer in one word."
+    app = create_app(model, tokenizer, key=key, model_name="default",
+                     api_keys=ApiKeys.from_pairs([(TRUSTED_KEY, True)]))
+    with ServerThread(app) as srv:
+        c = make_client(srv, recorded, key=TRUSTED_KEY)
+        kw: dict[str, Any] = {"model": "default", "max_tokens": 8, "temperature": 0,
+                              "messages": [{"role": "user", "content": question}]}
+        marked = c.chat.completions.create(**kw).choices[0].message.content
+        plain = c.chat.completions.create(**kw, extra_body={"watermarking": False})
+    want_marked = generate(model, tokenizer, [question], key=key, scheme="kgw",
+                           do_sample=False, max_new_tokens=8)[0].completion
+    want_plain = generate(model, tokenizer, [question], scheme="none", do_sample=False,
+                          max_new_tokens=8)[0].completion
+    assert marked == want_marked
+    assert plain.choices[0].message.content == want_plain
+    assert "Paris" in want_plain
+
+
 # -- graceful shutdown (a real process) -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_model: Any, default_tokenizer: Any,
