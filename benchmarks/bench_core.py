@@ -40,15 +40,13 @@ but on a busy machine the numbers are lower bounds).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -56,6 +54,25 @@ import numpy as np
 import torch
 
 from fingerprint import WatermarkKey, get_prf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RunMeter,
+    cuda_sync,
+    fmt_load,
+    fmt_rate,
+    fmt_tokens,
+    host_line,
+    machine_info,
+    measure,
+    meets,
+    no_sync,
+    print_footer,
+    print_table,
+    section,
+    time_call,
+    write_json,
+)
 
 VOCAB = 49_152
 PRFS = ("siphash24-v1", "philox4x32-10-v1")
@@ -97,143 +114,6 @@ def settings_for(quick: bool) -> Settings:
     return Settings(quick=False, sizes=(1_000_000, 20_000_000), repeats=3,
                     min_seconds=1.0, max_repeats=30, torch_ops_tokens=1_000_000, row_calls=50,
                     hf_seconds=3.0, hf_min_tokens=2_000, hf_max_tokens=20_000, hf_repeats=2)
-
-
-# -- timing -------------------------------------------------------------------------------------
-def cuda_sync() -> None:
-    torch.cuda.synchronize()
-
-
-def no_sync() -> None:
-    pass
-
-
-def time_call(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
-    """Seconds for one call of ``fn``, synchronizing the device before and after."""
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
-
-
-def measure(
-    fn: Callable[[], Any],
-    repeats: int,
-    *,
-    warmup: Callable[[], Any] | None = None,
-    sync: Callable[[], None] = no_sync,
-    min_seconds: float = 0.0,
-    max_repeats: int = 0,
-) -> tuple[float, list[float]]:
-    """(seconds of the warm-up call, seconds of each timed repeat).
-
-    Times at least ``repeats`` calls, then keeps going (up to ``max_repeats``) while less than
-    ``min_seconds`` have been spent, so that fast cases get more chances at a quiet moment.
-    """
-    first = time_call(warmup if warmup is not None else fn, sync)
-    times = [time_call(fn, sync) for _ in range(repeats)]
-    while len(times) < max_repeats and sum(times) < min_seconds:
-        times.append(time_call(fn, sync))
-    return first, times
-
-
-# -- machine ------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    import transformers
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "numba_threads": numba.get_num_threads(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "cuda": torch.cuda.is_available(),
-    }
-    if info["cuda"]:
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU-seconds all processes have spent busy since boot (from /proc/stat), or None."""
-    try:
-        with open("/proc/stat", encoding="utf-8") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-# -- output helpers -----------------------------------------------------------------------------
-def fmt_rate(tokens_per_s: float) -> str:
-    if tokens_per_s >= 1e6:
-        return f"{tokens_per_s / 1e6:,.1f}M"
-    if tokens_per_s >= 1e3:
-        return f"{tokens_per_s / 1e3:,.1f}k"
-    return f"{tokens_per_s:,.0f}"
-
-
-def fmt_tokens(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n >= 1_000 and n % 1_000 == 0:
-        return f"{n // 1_000}k"
-    return f"{n:,}"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    right = [i > 0 for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [c.rjust(w) if r else c.ljust(w)
-               for c, w, r in zip(cells, widths, right, strict=True)]
-        return "  ".join(out).rstrip()
-
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(line(r))
-
-
-def meets(ok: bool | None) -> str:
-    return "" if ok is None else ("yes" if ok else "NO")
-
-
-def section(title: str) -> None:
-    print()
-    print(f"== {title} " + "=" * max(0, 96 - len(title)))
 
 
 # -- 1. core throughput -------------------------------------------------------------------------
@@ -512,18 +392,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         numba.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
     s = settings_for(args.quick)
-    t_start = time.perf_counter()
-    busy_start, own_start = busy_cpu_seconds(), own_cpu_seconds()
+    meter = RunMeter()
 
-    info = machine_info()
+    info = machine_info(processor=True)
+    info["cuda"] = torch.cuda.is_available()
+    if info["cuda"]:
+        info["cuda_device"] = torch.cuda.get_device_name(0)
     print("fingerprint core benchmark" + (" (--quick)" if s.quick else ""))
-    print(f"machine : {info['cpu_model']} | processor={info['processor'] or '?'} | "
-          f"cpu_count={info['cpu_count']} (usable {info['cpus_usable']}) | {info['platform']}")
-    load = info["load_average"]
+    print(f"machine : {host_line(info)}")
     print(f"software: python {info['python']}, numpy {info['numpy']}, numba {info['numba']} "
           f"({info['numba_threads']} threads), torch {info['torch']} ({info['torch_threads']} "
           f"threads), transformers {info['transformers']}")
-    print(f"load avg: {', '.join(f'{x:.2f}' for x in load) if load else '?'} (1, 5, 15 min)"
+    print(f"load avg: {fmt_load(info['load_average'])} (1, 5, 15 min)"
           f" | cuda: {info.get('cuda_device', 'not available')}")
     print(f"targets : {DEFAULT_PRF} >= {fmt_rate(TARGET_TOKENS_PER_S[DEFAULT_PRF])} tokens/s "
           f"(h=1..4); philox4x32-10-v1 >= {fmt_rate(TARGET_TOKENS_PER_S['philox4x32-10-v1'])} "
@@ -586,37 +466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     section("4. PRF.row: one whole-vocabulary row, B=1 (best of the calls after one warm-up)")
     print_rows(row_results)
 
-    elapsed = time.perf_counter() - t_start
-    busy_end = busy_cpu_seconds()
-    other_cpu = None
-    if busy_start is not None and busy_end is not None:
-        other_cpu = max(0.0, (busy_end - busy_start) - (own_cpu_seconds() - own_start))
-    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    print()
-    print(f"total time {elapsed:,.1f} s", end="")
-    if other_cpu is not None:
-        ncpu = info["cpus_usable"] or 1
-        share = other_cpu / (elapsed * ncpu)
-        print(f"; other processes used {other_cpu:,.1f} CPU-s meanwhile ({share:.0%} of "
-              f"{ncpu} CPUs)", end="")
-        if share > 0.1:
-            print(" -- the machine was busy: read the numbers as lower bounds", end="")
-    print()
-    if load_end:
-        print(f"load avg at the end: {', '.join(f'{x:.2f}' for x in load_end)}")
+    totals = print_footer(meter, info["cpus_usable"])
     if args.json:
-        payload = {
+        write_json(args.json, {
             "machine": info, "quick": s.quick, "seed": args.seed, "vocab": VOCAB,
             "targets": {"tokens_per_s": TARGET_TOKENS_PER_S, "row_ms": TARGET_ROW_MS,
                         "row_vocab": TARGET_ROW_VOCAB,
                         "transformers_reference_tokens_per_s": HF_REFERENCE_TOKENS_PER_S},
             "throughput": throughput, "transformers": hf, "limit": limit, "rows": row_results,
-            "total_s": elapsed, "other_processes_cpu_s": other_cpu,
-            "load_average_end": load_end,
-        }
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        print(f"wrote {args.json}")
+            **totals,
+        })
     return 0
 
 

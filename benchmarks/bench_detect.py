@@ -50,16 +50,13 @@ lower bounds; rerun when it is quiet).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import resource
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -69,6 +66,26 @@ import torch
 from fingerprint import WatermarkKey, get_prf
 from fingerprint.detect.detector import DetectionResult, Detector
 from fingerprint.detect.text import detect_text, encode_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RunMeter,
+    best_of,
+    fmt_load,
+    fmt_rate,
+    fmt_tokens,
+    host_line,
+    machine_info,
+    meets,
+    print_footer,
+    print_table,
+    proc_field_bytes,
+    progress,
+    repeat_for,
+    section,
+    timed,
+    write_json,
+)
 
 VOCAB = 49_152
 ZIPF_EXPONENT = 1.3
@@ -124,71 +141,14 @@ def settings_for(quick: bool) -> Settings:
                     text_repeats=2)
 
 
-# -- machine and timing -------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    import transformers
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "numba_threads": numba.get_num_threads(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-    }
-
-
-def meminfo_bytes(field: str) -> int | None:
-    """A field of /proc/meminfo (e.g. ``MemAvailable``) in bytes, or None."""
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def own_vm_bytes() -> int | None:
-    """This process's current virtual memory size, or None."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
+# -- memory -------------------------------------------------------------------------------------
 def cap_address_space(limit_gib: float | None) -> int | None:
     """Cap this process's address space; returns the cap in bytes (None: no cap set)."""
     if limit_gib is not None and limit_gib <= 0:
         return None
     if limit_gib is None:
-        avail, vm = meminfo_bytes("MemAvailable"), own_vm_bytes()
+        avail = proc_field_bytes("/proc/meminfo", "MemAvailable")
+        vm = proc_field_bytes("/proc/self/status", "VmSize")
         if avail is None or vm is None:
             return None
         limit = vm + int(0.6 * avail) + (2 << 30)  # + 2 GiB for thread stacks and arenas
@@ -204,95 +164,7 @@ def cap_address_space(limit_gib: float | None) -> int | None:
     return limit
 
 
-def busy_cpu_seconds() -> float | None:
-    """CPU-seconds all processes have spent busy since boot (from /proc/stat), or None."""
-    try:
-        with open("/proc/stat", encoding="utf-8") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def best_of(fn: Callable[[], Any], repeats: int, budget_s: float = math.inf
-            ) -> tuple[list[float], Any]:
-    """Up to ``repeats`` timed calls; no further call once it would end past ``budget_s``."""
-    times: list[float] = []
-    out: Any = None
-    while len(times) < repeats:
-        dt, out = timed(fn)
-        times.append(dt)
-        if sum(times) + min(times) > budget_s:
-            break
-    return times, out
-
-
-def repeat_for(fn: Callable[[], Any], min_calls: int, min_seconds: float) -> list[float]:
-    """At least ``min_calls`` timed calls, more until ``min_seconds`` are spent (max 200)."""
-    times: list[float] = []
-    while len(times) < min_calls or (sum(times) < min_seconds and len(times) < 200):
-        times.append(timed(fn)[0])
-    return times
-
-
 # -- output helpers -----------------------------------------------------------------------------
-def fmt_rate(tokens_per_s: float | None) -> str:
-    if tokens_per_s is None:
-        return "-"
-    if tokens_per_s >= 1e6:
-        return f"{tokens_per_s / 1e6:,.1f}M"
-    if tokens_per_s >= 1e3:
-        return f"{tokens_per_s / 1e3:,.1f}k"
-    return f"{tokens_per_s:,.0f}"
-
-
-def fmt_tokens(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n >= 1_000 and n % 1_000 == 0:
-        return f"{n // 1_000}k"
-    return f"{n:,}"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [c.ljust(w) if i == 0 else c.rjust(w)
-               for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
-        return "  ".join(out).rstrip()
-
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(line(r))
-
-
-def meets(ok: bool | None) -> str:
-    return "" if ok is None else ("yes" if ok else "NO")
-
-
-def section(title: str) -> None:
-    print()
-    print(f"== {title} " + "=" * max(0, 96 - len(title)), flush=True)
-
-
-def progress(msg: str) -> None:
-    print(f"  {msg}", file=sys.stderr, flush=True)
-
-
 def result_summary(res: DetectionResult) -> dict[str, Any]:
     return {"n_scored": res.n_scored, "n_positions": res.n_positions, "n_green": res.n_green,
             "score_sum": res.score_sum, "pvalue": res.pvalue, "log10_pvalue": res.log10_pvalue}
@@ -353,7 +225,7 @@ def bench_detect(s: Settings, key: WatermarkKey, data: dict[str, np.ndarray]
                                              s.budget_s[n])
                     except MemoryError as err:
                         entry["error"] = f"MemoryError: {err}"
-                        progress(f"{case:26s} {dist:8s} {fmt_tokens(n):>4s} x{n_seqs:<6d} "
+                        progress(f"  {case:26s} {dist:8s} {fmt_tokens(n):>4s} x{n_seqs:<6d} "
                                  "MemoryError")
                         prev = entry
                         continue
@@ -362,7 +234,7 @@ def bench_detect(s: Settings, key: WatermarkKey, data: dict[str, np.ndarray]
                     entry.update({"times_s": times, "best_s": best, "tokens_per_s": rate,
                                   "meets_target": rate >= entry["target_tokens_per_s"],
                                   "result": result_summary(res)})
-                    progress(f"{case:26s} {dist:8s} {fmt_tokens(n):>4s} x{n_seqs:<6d} "
+                    progress(f"  {case:26s} {dist:8s} {fmt_tokens(n):>4s} x{n_seqs:<6d} "
                              f"{fmt_rate(rate):>7s} tokens/s ({len(times)} call(s), best "
                              f"{best:.2f} s)")
                     prev = entry
@@ -462,7 +334,7 @@ def bench_hf(s: Settings, key: WatermarkKey, ids: np.ndarray) -> dict[str, Any]:
               "green": int(out.num_green_tokens[0]), "z_score": float(out.z_score[0]),
               "ignore_repeated_ngrams": hf_dedup, "torch_threads": threads,
               "probe_tokens_per_s_by_threads": probes}
-    progress(f"transformers WatermarkDetector: {fmt_rate(theirs['tokens_per_s'])} tokens/s on "
+    progress(f"  transformers WatermarkDetector: {fmt_rate(theirs['tokens_per_s'])} tokens/s on "
              f"{n:,} tokens ({threads} torch thread(s))")
 
     det = Detector(key, scheme="kgw", context_width=1, gamma=GAMMA)  # tuple dedup
@@ -575,7 +447,7 @@ def bench_vllm(s: Settings, ids: np.ndarray) -> dict[str, Any]:
               "probe_tokens_per_s_by_threads": probes,
               "phases_s": {"prepare_inputs": dt_prep, "prf_torch": dt_prf, "pvalue_loop": dt_p},
               **ref}
-    progress(f"vLLM-style Gumbel detector: {fmt_rate(theirs['tokens_per_s'])} tokens/s "
+    progress(f"  vLLM-style Gumbel detector: {fmt_rate(theirs['tokens_per_s'])} tokens/s "
              f"({threads} torch thread(s))")
 
     det = Detector(key, scheme="gumbel", prf=PHILOX, context_width=VLLM_WIDTH, dedup="context")
@@ -659,7 +531,7 @@ def bench_text(s: Settings, key: WatermarkKey) -> dict[str, Any]:
     dt, res = timed(lambda: detect_text(det, text, tok))
     out["detect_text_kgw"] = {"seconds": dt, "n_scored": res.n_scored,
                               "log10_pvalue": res.log10_pvalue}
-    progress(f"text: {len(ids):,} tokens, encode_text {min(enc_times):.2f} s")
+    progress(f"  text: {len(ids):,} tokens, encode_text {min(enc_times):.2f} s")
     return out
 
 
@@ -700,8 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "memory; 0: no cap)")
     args = parser.parse_args(argv)
     s = settings_for(args.quick)
-    t_start = time.perf_counter()
-    busy_start, own_start = busy_cpu_seconds(), own_cpu_seconds()
+    meter = RunMeter()
 
     if args.threads is not None:
         numba.set_num_threads(args.threads)
@@ -712,14 +583,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cap = cap_address_space(args.mem_limit_gib)
     info["address_space_cap_bytes"] = cap
     print("fingerprint detection benchmark" + (" (--quick)" if s.quick else ""))
-    print(f"machine : {info['cpu_model']} | cpu_count={info['cpu_count']} (usable "
-          f"{info['cpus_usable']}) | {info['platform']}")
+    print(f"machine : {host_line(info)}")
     print(f"software: python {info['python']}, numpy {info['numpy']}, numba {info['numba']} "
           f"({info['numba_threads']} threads, {info['numba_threading_layer']}), torch "
           f"{info['torch']} ({info['torch_threads']} threads), transformers "
           f"{info['transformers']}")
-    load = info["load_average"]
-    print(f"load avg: {', '.join(f'{x:.2f}' for x in load) if load else '?'} (1, 5, 15 min) | "
+    print(f"load avg: {fmt_load(info['load_average'])} (1, 5, 15 min) | "
           f"address-space cap: {f'{cap / 2**30:.1f} GiB' if cap else 'none'}")
     print(f"targets : >= {fmt_rate(TARGET_DEDUP)} tokens/s with global dedup (stated for "
           f"(context, token) dedup, applied to context dedup too); >= {fmt_rate(TARGET_NO_DEDUP)}"
@@ -757,26 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     section("4. Text in: tokenization vs scoring")
     print_text(text)
 
-    elapsed = time.perf_counter() - t_start
-    busy_end = busy_cpu_seconds()
-    other_cpu = None
-    if busy_start is not None and busy_end is not None:
-        other_cpu = max(0.0, (busy_end - busy_start) - (own_cpu_seconds() - own_start))
-    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    print()
-    line = f"total time {elapsed:,.1f} s"
-    if other_cpu is not None:
-        ncpu = info["cpus_usable"] or 1
-        share = other_cpu / (elapsed * ncpu)
-        line += f"; other processes used {other_cpu:,.1f} CPU-s meanwhile ({share:.0%} of {ncpu}" \
-                " CPUs)"
-        if share > 0.1:
-            line += " -- the machine was busy: read the numbers as lower bounds"
-    print(line)
-    if load_end:
-        print(f"load avg at the end: {', '.join(f'{x:.2f}' for x in load_end)}")
+    totals = print_footer(meter, info["cpus_usable"])
     if args.json:
-        payload = {
+        write_json(args.json, {
             "machine": info, "quick": s.quick, "seed": args.seed, "vocab": VOCAB,
             "settings": {k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()})
                          for k, v in vars(s).items()},
@@ -784,11 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "no_dedup_tokens_per_s": TARGET_NO_DEDUP,
                         "vllm_ratio": TARGET_VLLM_RATIO, "scoring_share": TARGET_SCORING_SHARE},
             "detect": detect, "transformers": hf, "vllm": vllm, "text": text,
-            "total_s": elapsed, "other_processes_cpu_s": other_cpu, "load_average_end": load_end,
-        }
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        print(f"wrote {args.json}")
+            **totals,
+        })
     return 0
 
 

@@ -70,22 +70,14 @@ from fingerprint.watermark import (
     KGWWatermarkingConfig,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RunMeter, load_average
+
 PROMPTS_FILE = Path(__file__).resolve().parents[1] / "fingerprint" / "data" / "prompts.jsonl"
 GAMMA, DELTA, KGW_H, GUMBEL_H = 0.25, 2.0, 2, 4
 TEMPERATURE = 0.7
 METHODS = ("plain", "ours-kgw", "ours-gumbel", "hf-lefthash", "hf-selfhash")
 HF_H = {"hf-lefthash": 1, "hf-selfhash": 4}
-
-
-def cpu_busy_seconds() -> float:
-    """CPU seconds all processes spent (from /proc/stat); 0 where unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-    except OSError:
-        return 0.0
-    busy = sum(int(x) for i, x in enumerate(fields) if i not in (3, 4))  # minus idle, iowait
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def hf_config(method: str) -> WatermarkingConfig:
@@ -203,10 +195,10 @@ def green_fraction(method: str, key: WatermarkKey, model: Any, sequences: torch.
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    load = load_average() or [float("nan")] * 3
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    busy0, own0, wall0 = cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    meter = RunMeter()
     model, tokenizer = load_default_model()
     vocab = vocab_size_of(model)
     key = WatermarkKey.generate()
@@ -260,10 +252,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         report["batches"][str(b)] = {"repeats": reps, "methods": rows}
         print_table(b, reps, args.tokens, rows)
-    busy1, own1, wall1 = cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    others = max(0.0, (busy1 - busy0) - (own1 - own0))
-    print(f"total {wall1 - wall0:.0f} s; other processes used {others:.0f} CPU-seconds of "
-          f"{(wall1 - wall0) * (os.cpu_count() or 1):.0f} available during the run")
+    wall, others = meter.elapsed(), meter.other_cpu_seconds() or 0.0
+    print(f"total {wall:.0f} s; other processes used {others:.0f} CPU-seconds of "
+          f"{wall * (os.cpu_count() or 1):.0f} available during the run")
     report["other_cpu_s"] = others
     return report
 

@@ -39,10 +39,7 @@ device memory is reported for the case that did, and the run goes on with the ne
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -50,15 +47,31 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 import torch
 
 from fingerprint import WatermarkKey, get_prf
 from fingerprint.core import prf as prf_module
 from fingerprint.watermark import GumbelLogitsProcessor, KGWLogitsProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RunMeter,
+    fmt_load,
+    host_line,
+    machine_info,
+    meets,
+    no_sync,
+    print_footer,
+    print_table,
+    progress,
+    section,
+    write_json,
+)
+from _common import fmt_rate as _fmt_rate
 
 PRFS = ("siphash24-v1", "philox4x32-10-v1")
 SCORE_WIDTHS = (2, 4)
@@ -117,7 +130,7 @@ def settings_for(device: torch.device, quick: bool, model: str | None) -> Settin
 def synchronizer(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
-    return lambda: None
+    return no_sync
 
 
 def timed_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, float | None]:
@@ -179,34 +192,11 @@ def torch_ops_everywhere() -> Iterator[None]:
         prf_module._use_torch = real
 
 
-# -- machine ------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    import transformers
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cpus_usable": usable,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__, "numba": numba.__version__,
-        "numba_threads": numba.get_num_threads(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
-        "cuda_available": torch.cuda.is_available(), "device": str(device),
-    }
+# -- machine and output -------------------------------------------------------------------------
+def device_info(device: torch.device) -> dict[str, Any]:
+    """The host (:func:`machine_info`) and the device the benchmark runs on."""
+    info = machine_info()
+    info.update(cuda_available=torch.cuda.is_available(), device=str(device))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(device_name=props.name, device_memory_gib=props.total_memory / 2**30,
@@ -217,57 +207,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def busy_cpu_seconds() -> float | None:
-    """CPU-seconds all processes have spent busy since boot (from /proc/stat), or None."""
-    try:
-        with open("/proc/stat", encoding="utf-8") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-# -- output -------------------------------------------------------------------------------------
 def fmt_rate(x: float) -> str:
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= scale:
-            return f"{x / scale:,.2f}{unit}"
-    return f"{x:,.0f}"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    if not rows:
-        print("(nothing measured)")
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(line(r))
-
-
-def meets(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("yes" if ok else "NO")
-
-
-def section(title: str) -> None:
-    print()
-    print(f"== {title} " + "=" * max(0, 96 - len(title)))
-
-
-def progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A rate with two decimals and a k/M/G suffix (GPU rates reach billions)."""
+    return _fmt_rate(x, digits=2, giga=True)
 
 
 # -- 1. scoring ---------------------------------------------------------------------------------
@@ -343,7 +285,7 @@ def print_scoring(results: list[dict[str, Any]], gpu: bool) -> None:
             r["path"], r["prf"], str(r["h"]), shape, f"{r['first_call_s'] * 1e3:,.1f}",
             f"{r['best_s'] * 1e3:,.2f}", f"{r['median_s'] * 1e3:,.2f}", fmt_rate(r["tokens_per_s"]),
             f">={fmt_rate(TARGET_TOKENS_PER_S)}" if gpu and "numba" not in r["path"] else "",
-            meets(r["meets_target"])])
+            meets(r["meets_target"], "n/a")])
     print_table(["path", "PRF", "h", "shape [B, T]", "1st ms", "best ms", "median ms",
                  "tokens/s", "target", "meets"], rows)
     print("best/median: " + ("GPU time between CUDA events" if gpu else "wall time") +
@@ -442,7 +384,7 @@ def print_processor(results: list[dict[str, Any]], gpu: bool) -> None:
             r["path"], r["processor"], str(r["steps"]), f"{r['median_ms']:,.3f}",
             f"{r['p90_ms']:,.3f}", f"{r['best_ms']:,.3f}", "" if ev is None else f"{ev:,.3f}",
             f"<={TARGET_STEP_MS:g}" if r["target_ms"] is not None else "",
-            meets(r["meets_target"])])
+            meets(r["meets_target"], "n/a")])
     shaped = [r for r in results if "batch" in r]
     if shaped:
         b, v, ctx = shaped[0]["batch"], shaped[0]["vocab"], shaped[0]["ctx"]
@@ -590,21 +532,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(f"--{name} must be positive")
             setattr(s, name, value)
     gpu = device.type == "cuda"
-    t_start = time.perf_counter()
-    busy_start, own_start = busy_cpu_seconds(), own_cpu_seconds()
+    meter = RunMeter()
 
-    info = machine_info(device)
+    info = device_info(device)
     print("fingerprint GPU benchmark" + (" (--quick)" if s.quick else ""))
     print(f"device  : {info['device_name']}"
           + (f" ({info['device_memory_gib']:.0f} GiB, compute {info['device_capability']}, "
              f"CUDA {info['cuda_runtime']})" if gpu else ""))
-    print(f"host    : {info['cpu_model']} | cpu_count={info['cpu_count']} (usable "
-          f"{info['cpus_usable']}) | {info['platform']}")
+    print(f"host    : {host_line(info)}")
     print(f"software: python {info['python']}, torch {info['torch']} ({info['torch_threads']} "
           f"threads), numpy {info['numpy']}, numba {info['numba']} ({info['numba_threads']} "
           f"threads), transformers {info['transformers']}")
-    load = info["load_average"]
-    print(f"load avg: {', '.join(f'{x:.2f}' for x in load) if load else '?'} (1, 5, 15 min)")
+    print(f"load avg: {fmt_load(info['load_average'])} (1, 5, 15 min)")
     print(f"targets : scoring >= {fmt_rate(TARGET_TOKENS_PER_S)} tokens/s; processor step <= "
           f"{TARGET_STEP_MS:g} ms at B = {TARGET_BATCH}, V = {TARGET_VOCAB:,} (on an "
           f"{TARGET_GPU})")
@@ -640,38 +579,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         section("3. Reading-mode audit (audit_open, KGW h=2, top-1), model on the device")
         print_audit(audit)
 
-    elapsed = time.perf_counter() - t_start
-    busy_end = busy_cpu_seconds()
-    other_cpu = None
-    if busy_start is not None and busy_end is not None:
-        other_cpu = max(0.0, (busy_end - busy_start) - (own_cpu_seconds() - own_start))
-    print()
-    print(f"total time {elapsed:,.1f} s", end="")
-    if other_cpu is not None:
-        ncpu = info["cpus_usable"] or 1
-        share = other_cpu / (elapsed * ncpu)
-        print(f"; other processes used {other_cpu:,.1f} CPU-s meanwhile ({share:.0%} of {ncpu} "
-              "CPUs)", end="")
-        if share > 0.1:
-            print(" -- the machine was busy: read the numbers as lower bounds", end="")
-    print()
-    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    if load_end:
-        print(f"load avg at the end: {', '.join(f'{x:.2f}' for x in load_end)}")
+    totals = print_footer(meter, info["cpus_usable"])
     if gpu:
         print(f"peak device memory: {torch.cuda.max_memory_allocated(device) / 2**30:,.2f} GiB")
     if args.json:
-        payload = {
+        write_json(args.json, {
             "machine": info, "quick": s.quick, "settings": s.__dict__,
             "targets": {"tokens_per_s": TARGET_TOKENS_PER_S, "step_ms": TARGET_STEP_MS,
                         "batch": TARGET_BATCH, "vocab": TARGET_VOCAB, "gpu": TARGET_GPU,
                         "judged": gpu},
-            "scoring": scoring, "processor": steps, "audit": audit, "total_s": elapsed,
-            "other_processes_cpu_s": other_cpu, "load_average_end": load_end,
-        }
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, default=_jsonable)
-        print(f"wrote {args.json}")
+            "scoring": scoring, "processor": steps, "audit": audit, **totals,
+        }, default=_jsonable)
     return 0
 
 

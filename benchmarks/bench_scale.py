@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import proc_field_bytes
+
 TARGET_RAY_FRACTION = 0.5
 TARGET_STREAM_PEAK = 2 << 30
 
@@ -101,14 +104,6 @@ class PeakSampler:
         self.peak = max(self.peak, _pss_tree(os.getpid()))
 
 
-def _vm_hwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _summary(r: Any, n_tokens: int, seconds: float) -> dict[str, Any]:
     return {"n_positions": r.n_positions, "n_scored": r.n_scored, "n_green": r.n_green,
             "score_sum": r.score_sum, "statistic": r.statistic, "log10_pvalue": r.log10_pvalue,
@@ -129,7 +124,7 @@ def run_stream(path: Path, scheme: str, chunk_tokens: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     r, _ = detect_stream([path], det, chunk_tokens=chunk_tokens, progress=False)
     out = _summary(r, n_tokens, time.perf_counter() - t0)
-    out["peak_bytes"] = _vm_hwm()
+    out["peak_bytes"] = proc_field_bytes("/proc/self/status", "VmHWM") or 0
     out["dedup_set_bytes"] = states[0].seen.nbytes if states else 0
     return out
 

@@ -71,6 +71,9 @@ from fingerprint.keys import WatermarkKey
 from fingerprint.models import load_default_model
 from fingerprint.watermark import generate
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import cpu_model
+
 TARGET_CLOSED_RHO1 = -12.0  # log10 p of the rho = 1 student, closed mode
 TARGET_OPEN_RHO005 = -5.0  # log10 p of the rho = 0.05 student, open mode
 TARGET_FORWARD_SHARE = 0.90  # share of a reading-mode audit's wall time in the model forward
@@ -108,16 +111,9 @@ class Clock:
 
 def machine_info(device: str) -> dict[str, Any]:
     """What ran the experiment."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     info: dict[str, Any] = {
         "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "device": device,
         "load_average_start": round(os.getloadavg()[0], 2),
     }
