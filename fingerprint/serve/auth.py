@@ -56,7 +56,7 @@ def _check_key(key: str, where: str) -> None:
     if not MIN_KEY_CHARS <= len(key) <= MAX_KEY_CHARS:
         raise ConfigError(f"{where}: an API key must have {MIN_KEY_CHARS} to {MAX_KEY_CHARS} "
                           f"characters (this one has {len(key)}); the key is not shown")
-    if not all(33 <= ord(c) <= 126 for c in key):
+    if not all(33 <= ord(c) <= 126 and c != "#" for c in key):
         raise ConfigError(f"{where}: an API key may hold printable ASCII characters only, "
                           "without spaces or '#'; the key is not shown")
 
