@@ -417,7 +417,7 @@ class TupleSet:
             b_hi, b_lo = hi[i0 : i0 + step], lo[i0 : i0 + step]
             k_sorted = np.empty((b_hi.shape[0], 2 if self._layout == _FULL else 1),
                                 dtype=np.uint64)
-            origin = np.empty(b_hi.shape[0], dtype=np.int64)
+            origin = np.empty(b_hi.shape[0], dtype=np.int32)  # batches < 2**31 keys
             starts = np.empty(_PARTS + 1, dtype=np.int64)
             _partition(b_hi, b_lo, self._layout, k_sorted, origin, starts)
             resume = starts[:-1].copy()
