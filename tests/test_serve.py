@@ -430,7 +430,7 @@ def test_disconnect_while_waiting_cancels(server: ServerThread, logs: LogCapture
 def test_slow_reader_and_busy_model_stall_nobody(server: ServerThread, http: httpx.Client,
                                                  client: Any) -> None:
     batcher = serve_state(server.app).batcher
-    body = {"model": MODEL, "messages": CHAT, "max_tokens": 300, "min_tokens": 300,
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 500, "min_tokens": 500,
             "stream": True, "stream_options": {"include_usage": True}}
     with http.stream("POST", "/v1/chat/completions", json=body, headers=auth()) as resp:
         lines = resp.iter_lines()
@@ -447,7 +447,7 @@ def test_slow_reader_and_busy_model_stall_nobody(server: ServerThread, http: htt
         assert r.choices[0].message.content is not None
         assert batcher.active_rows == 0  # the long row was generated without being read
         events = sse_events(seen + list(lines))
-    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 300
+    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 500
     finishes = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]]
     assert finishes[-1] == "length"
 

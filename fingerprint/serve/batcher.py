@@ -320,6 +320,7 @@ class Batcher:
         self.pad_token_id = int(pad)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
+        self.threads = torch.get_num_threads()  # the creator's setting, for the worker thread
         self.stats = BatcherStats()
         self._pending: deque[Job] = deque()
         self._queued_rows = 0
@@ -426,6 +427,7 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
+        _limit_threads(self.threads)
         while True:
             jobs = self._take()
             if jobs is None:
@@ -492,6 +494,22 @@ class Batcher:
             "event": "batch", "rows": len(rows), "requests": len(jobs), "prompt_width": width,
             "tokens": sum(len(r.tokens) for r in rows), "cancelled_rows": cancelled,
             "seconds": round(seconds, 4), "watermark_s": round(sampler.watermark_seconds, 4)}})
+
+
+def _limit_threads(n: int) -> None:
+    """Give the calling thread ``n`` torch (and numba) threads.
+
+    Thread counts are partly per thread: a new thread does not inherit the creator's MKL and
+    numba settings, and there MKL would run large products on every core while the extra OpenMP
+    workers spin between steps, which on a busy machine makes each step several times slower.
+    """
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
