@@ -22,7 +22,8 @@ Two comparisons at 8 clients, each run one batch's worth of requests (8), the th
 interleaved in a rotating order over ``--repeats`` repeats so that load changes hit them alike
 (medians printed, best runs too):
 
-* ``in-process``: the same model in this process, same thread count, through
+* ``in-process``: the same model in this process, with the same torch and numba thread counts
+  as the server's generation thread, through
   :func:`fingerprint.watermark.generate` in a batch of 8 with the same key, scheme, prompts and
   token count: the server should reach at least 80 % of its tokens/s;
 * ``opt-out``: the server with ``"watermarking": false`` (a trusted key): the watermark's
@@ -248,12 +249,15 @@ def run_inprocess(model: Any, tokenizer: Any, key: Any, n_requests: int, max_tok
 
 # -- one model ------------------------------------------------------------------------------------
 def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    import numba
     import torch
 
     from fingerprint.keys import WatermarkKey
     from fingerprint.models import load_default_tokenizer, load_model, tiny_llama
 
+    # the in-process side gets the server worker's thread budget: torch and numba threads
     torch.set_num_threads(args.threads)
+    numba.set_num_threads(max(1, min(args.threads, numba.config.NUMBA_NUM_THREADS)))
     key = WatermarkKey.generate()
     key_file = key.save(workdir / f"{name}.key")
     user, trusted = "sk-bench-" + secrets.token_hex(16), "sk-bench-" + secrets.token_hex(16)

@@ -32,7 +32,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--api-keys", default=None,
                    help="API key file (mode 0600): one key a line, optional 'trusted' marker")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the generation worker (torch and the watermark's numba "
+                        "kernels; default: torch's)")
     p.add_argument("--max-batch", type=int, default=8, help="rows per generate call (8)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="a batch starts once no request has arrived for this long (10 ms) and "
