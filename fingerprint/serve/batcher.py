@@ -34,9 +34,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -141,7 +141,7 @@ def _index(rows: list[int], device: torch.device) -> torch.Tensor:
 class RowSampler(LogitsProcessor):
     """Per-row sampling, watermark and token choice; must be the only logits processor."""
 
-    def __init__(self, rows: list[Row], watermark: Any | None, eos_ids: Sequence[int],
+    def __init__(self, rows: list[Row], watermark: Any | None, eos_ids: Collection[int],
                  prompt_width: int, device: torch.device) -> None:
         self.rows = rows
         self.prompt_width = prompt_width
@@ -209,7 +209,7 @@ class RowSampler(LogitsProcessor):
         elif self._last is not None:
             self._out.scatter_(1, self._last, -torch.inf)
         self._last = choice[:, None]
-        return self._out.scatter_(1, self._last, 0.0)
+        return cast(torch.FloatTensor, self._out.scatter_(1, self._last, 0.0))
 
     def _draw(self, scores: torch.Tensor) -> torch.Tensor:
         """One token per row from ``softmax(scores)``, by inverse CDF: a single uniform per row
@@ -229,7 +229,7 @@ class RowSampler(LogitsProcessor):
 class RowTracker(StoppingCriteria):
     """Per-row bookkeeping after each step: tokens, ends, and delivery to each request."""
 
-    def __init__(self, rows: list[Row], eos_ids: Sequence[int], on_token: Callable[[], None]
+    def __init__(self, rows: list[Row], eos_ids: Collection[int], on_token: Callable[[], None]
                  ) -> None:
         self.rows = rows
         self.eos = frozenset(eos_ids)
@@ -261,7 +261,7 @@ class RowTracker(StoppingCriteria):
             done.append(row.finish is not None)
         for job, evs in events.items():
             _deliver(job, evs)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
 
 
 def _deliver(job: Job, what: list[RowEvent] | JobError) -> None:
@@ -507,7 +507,7 @@ def _limit_threads(n: int) -> None:
     try:
         import numba
 
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - numba is a dependency
         pass
 

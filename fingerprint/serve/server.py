@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import threading
 import time
@@ -83,7 +84,8 @@ class _Server(uvicorn.Server):
 def _config(app: Any, *, log_level: str, shutdown_timeout: float,
             limit_concurrency: int | None) -> uvicorn.Config:
     return uvicorn.Config(app, http="h11", lifespan="on", log_config=None, access_log=False,
-                          log_level=log_level, timeout_graceful_shutdown=shutdown_timeout,
+                          log_level=log_level,
+                          timeout_graceful_shutdown=math.ceil(shutdown_timeout),
                           limit_concurrency=limit_concurrency, server_header=False,
                           timeout_keep_alive=5)
 
