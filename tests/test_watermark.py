@@ -439,3 +439,35 @@ def test_small_steps_run_piecewise_with_the_same_values(shape) -> None:
         want = vllm_choice(scores.to(u.dtype), u) if u.dtype == torch.float32 else \
             torch.argmax(scores.double() - torch.log(-torch.log(u)), dim=-1)
         assert torch.equal(gumbel_argmax(scores, u.clone()), want)
+
+
+def _full_gumbel_choice(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Every token valued (no pruning): the reference the pruned choice must equal."""
+    lg = logits if torch.promote_types(logits.dtype, u.dtype) == u.dtype else logits.to(u.dtype)
+    vals = torch.sub(lg, u.clamp_min(torch.finfo(u.dtype).tiny).log().neg().log())
+    best = vals.max(dim=-1, keepdim=True).values
+    return torch.where(vals == best, torch.arange(vals.shape[1]), vals.shape[1]).min(dim=-1).values
+
+
+@pytest.mark.parametrize("udtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["normal", "flat", "masked", "near_one", "ties", "wide"])
+def test_pruned_gumbel_choice_equals_the_full_computation(udtype, case) -> None:
+    cases = ["normal", "flat", "masked", "near_one", "ties", "wide"]
+    gen = torch.Generator().manual_seed(cases.index(case) + (100 if udtype == torch.float64 else 0))
+    b, v = 64, 5000
+    logits = torch.randn(b, v, generator=gen) * 2
+    u = torch.rand(b, v, generator=gen, dtype=torch.float64).to(udtype)
+    if case == "flat":  # every token equally likely: the noise alone decides
+        logits = torch.zeros(b, v)
+    elif case == "masked":  # top-k style filtering
+        logits[:, 50:] = -torch.inf
+    elif case == "near_one":  # uniforms at the top of their range: the largest noises
+        u[:, ::7] = 1 - torch.rand(b, len(range(0, v, 7)), generator=gen,
+                                   dtype=torch.float64).to(udtype) * 1e-6
+        u = u.clamp(max=1 - torch.finfo(udtype).eps / 2)
+    elif case == "ties":  # exact ties everywhere: the lowest index must win
+        u[:] = u[:, :1]
+        logits[:] = logits[:, :1]
+    elif case == "wide":
+        logits = logits * 20
+    assert torch.equal(gumbel_argmax(logits, u.clone()), _full_gumbel_choice(logits, u))
