@@ -27,7 +27,6 @@ arithmetic, ``u.clamp_min(finfo(float32).tiny)``, ``noise = -log(-log u)``,
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from typing import Any
 
@@ -45,6 +44,7 @@ from fingerprint.watermark.config import (
     DedupMode,
     GumbelConfig,
     KeyedWatermarkingConfig,
+    column_slices,
 )
 
 _FRAMES_TO_SEARCH = 12
@@ -58,41 +58,25 @@ def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor, *,
     torch operations in float32, ``u.clamp_min(finfo.tiny)`` then ``-log(-log u)``; its final
     ``logits + noise`` is done as ``logits - (-noise)``, which IEEE arithmetic makes identical.
     ``clamp=False`` skips the clamp, exact when no uniform can be below ``finfo.tiny`` (true of
-    every registered PRF). Ties go to the lowest index.
-
-    Only the tokens that can win are valued. With ``E = -log u`` (so ``E >= 1 - u``), a token
-    beats a value ``b`` only if ``E < exp(l - b)``. Taking ``b`` from the row's largest logit,
-    a token whose logit is more than ``_REACH`` below ``b`` can win only if ``1 - u`` is below
-    ``exp(-_REACH)`` (about 2e-9); the others are the candidates. They are valued with exactly
-    the operations above, so the choice is the one the full computation makes, without the
-    logarithms of the tokens that cannot win (most of a peaked distribution).
+    every registered PRF). Ties go to the lowest index. ``uniforms`` is overwritten.
     """
-    u = uniforms
-    lg = logits if torch.promote_types(logits.dtype, u.dtype) == u.dtype else logits.to(u.dtype)
-    rows = torch.arange(u.shape[0], device=u.device)
-    top = lg.argmax(dim=-1)
-    b = _gumbel_values(lg[rows, top], u[rows, top], clamp)
-    cand = torch.ge(lg, (b - _REACH)[:, None])
-    cand |= torch.lt(1.0 - u, _FAR)
-    cand[rows, top] = True
-    r, c = cand.nonzero(as_tuple=True)
-    vals = _gumbel_values(lg[r, c], u[r, c], clamp)
-    best = torch.full((u.shape[0],), -torch.inf, dtype=vals.dtype, device=u.device)
-    best = best.scatter_reduce(0, r, vals, "amax")
-    at = vals == best[r]  # ties: the lowest index among the row's maxima
-    first = torch.full((u.shape[0],), u.shape[1], dtype=c.dtype, device=u.device)
-    return first.scatter_reduce(0, r[at], c[at], "amin")
-
-
-_REACH = 20.0  # nats below b beyond which only a uniform within _FAR of 1 can win
-_FAR = math.exp(-_REACH) * 1.01  # with a slack far above the rounding of the values
-
-
-def _gumbel_values(lg: torch.Tensor, u: torch.Tensor, clamp: bool) -> torch.Tensor:
-    """``lg - log(-log u)`` elementwise, as vLLM computes it (see :func:`gumbel_argmax`)."""
-    if clamp:
-        u = u.clamp_min(torch.finfo(u.dtype).tiny)
-    return torch.sub(lg, u.log().neg_().log_())  # mixed dtypes: promoted exactly
+    tiny = torch.finfo(uniforms.dtype).tiny
+    best_val: torch.Tensor | None = None
+    best_idx = torch.zeros(())
+    for cols in column_slices(*uniforms.shape, uniforms.device):
+        u = uniforms[:, cols]
+        log_neg_log = (u.clamp_min_(tiny) if clamp else u).log_().neg_().log_()  # -noise
+        lg = logits[:, cols]
+        if torch.promote_types(lg.dtype, u.dtype) != u.dtype:
+            lg = lg.to(u.dtype)  # float64 logits with float32 uniforms: vLLM's float32
+        val, idx = torch.sub(lg, log_neg_log).max(dim=-1)  # mixed dtypes: promoted exactly
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:  # a later piece wins only when strictly greater: ties keep the lowest index
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx + (cols.start or 0), best_idx)
+    return best_idx
 
 
 class GumbelLogitsProcessor(LogitsProcessor):
