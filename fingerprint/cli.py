@@ -70,6 +70,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_watermark_arguments(p: argparse.ArgumentParser) -> None:
+    """The watermark scheme's public settings, shared by ``generate`` and ``serve``."""
+    p.add_argument("--scheme", choices=("kgw", "gumbel"), default="kgw")
+    p.add_argument("--gamma", type=float, default=0.25, help="KGW green fraction (0.25)")
+    p.add_argument("--delta", type=float, default=2.0, help="KGW green logit bias (2.0)")
+    p.add_argument("--context-width", type=int, default=None,
+                   help="window width h, 1..16 (default: 2 for kgw, 4 for gumbel)")
+    p.add_argument("--prf", default="siphash24-v1",
+                   help="keyed PRF: siphash24-v1 (default) or philox4x32-10-v1 (vLLM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -103,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="secret key file (from `fingerprint keygen`)")
     p.add_argument("--no-watermark", action="store_true",
                    help="generate without a watermark (a control corpus); no key needed")
-    p.add_argument("--scheme", choices=("kgw", "gumbel"), default="kgw")
-    p.add_argument("--gamma", type=float, default=0.25, help="KGW green fraction (0.25)")
-    p.add_argument("--delta", type=float, default=2.0, help="KGW green logit bias (2.0)")
-    p.add_argument("--context-width", type=int, default=None,
-                   help="window width h, 1..16 (default: 2 for kgw, 4 for gumbel)")
-    p.add_argument("--prf", default="siphash24-v1",
-                   help="keyed PRF: siphash24-v1 (default) or philox4x32-10-v1 (vLLM)")
+    add_watermark_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None, help="keep the k likeliest tokens")

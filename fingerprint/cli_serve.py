@@ -11,6 +11,8 @@ from fingerprint.errors import ConfigError
 
 def add_parsers(sub: Any) -> None:
     """Register ``serve`` on the main parser's subparsers."""
+    from fingerprint.cli import add_watermark_arguments
+
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API, watermarking "
                        "every answer")
     p.add_argument("--model", default="default",
@@ -19,13 +21,7 @@ def add_parsers(sub: Any) -> None:
                    help="the model id clients send (default: the --model value as given, or "
                         "the folder name of a path)")
     p.add_argument("--key", required=True, help="secret watermark key file (`fingerprint keygen`)")
-    p.add_argument("--scheme", choices=("kgw", "gumbel"), default="kgw")
-    p.add_argument("--gamma", type=float, default=0.25, help="KGW green fraction (0.25)")
-    p.add_argument("--delta", type=float, default=2.0, help="KGW green logit bias (2.0)")
-    p.add_argument("--context-width", type=int, default=None,
-                   help="window width h, 1..16 (default: 2 for kgw, 4 for gumbel)")
-    p.add_argument("--prf", default="siphash24-v1",
-                   help="keyed PRF: siphash24-v1 (default) or philox4x32-10-v1 (vLLM)")
+    add_watermark_arguments(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (127.0.0.1; any other needs --api-keys)")
     p.add_argument("--port", type=int, default=8000)

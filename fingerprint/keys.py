@@ -56,6 +56,25 @@ class KeyPurpose:
         return b"".join(len(p).to_bytes(2, "big") + p for p in parts)
 
 
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse a missing path, a non-regular file, or one that group or others can access.
+
+    Secrets (watermark keys, API keys) live in files only their owner can read; the error says
+    how to fix the mode and never shows the content.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {path} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"{what} {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise KeyFileError(
+            f"{what} {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}` and retry"
+        )
+
+
 class WatermarkKey:
     """A secret watermark key. Create with :meth:`generate`, :meth:`from_int` or :meth:`load`."""
 
@@ -185,17 +204,7 @@ class WatermarkKey:
         unknown format or version, each with a :class:`KeyFileError` that says what to do.
         """
         path = Path(path)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise KeyFileError(f"key file {path} does not exist") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"key file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"key file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}` and retry"
-            )
+        check_private_file(path, "key file")
         try:
             payload = json.loads(path.read_bytes())
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -242,4 +251,4 @@ def as_key(key: WatermarkKey | int | str | os.PathLike[str]) -> WatermarkKey:
     )
 
 
-__all__ = ["KeyPurpose", "WatermarkKey", "as_key", "vllm_derived_key"]
+__all__ = ["KeyPurpose", "WatermarkKey", "as_key", "check_private_file", "vllm_derived_key"]

@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from fingerprint.errors import ConfigError, KeyFileError
+from fingerprint.keys import check_private_file
 
 MIN_KEY_CHARS = 16
 MAX_KEY_CHARS = 256
@@ -103,16 +103,7 @@ class ApiKeys:
         error names the line, never the key).
         """
         path = Path(path)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise KeyFileError(f"API key file {path} does not exist") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"API key file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"API key file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}` and retry")
+        check_private_file(path, "API key file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
