@@ -442,7 +442,7 @@ def test_small_steps_run_piecewise_with_the_same_values(shape) -> None:
 
 
 def _full_gumbel_choice(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Every token valued (no pruning): the reference the pruned choice must equal."""
+    """Every token valued at once (no column slices): the reference the choice must equal."""
     lg = logits if torch.promote_types(logits.dtype, u.dtype) == u.dtype else logits.to(u.dtype)
     vals = torch.sub(lg, u.clamp_min(torch.finfo(u.dtype).tiny).log().neg().log())
     best = vals.max(dim=-1, keepdim=True).values
@@ -451,7 +451,7 @@ def _full_gumbel_choice(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("udtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", ["normal", "flat", "masked", "near_one", "ties", "wide"])
-def test_pruned_gumbel_choice_equals_the_full_computation(udtype, case) -> None:
+def test_gumbel_choice_equals_the_unsliced_computation(udtype, case) -> None:
     cases = ["normal", "flat", "masked", "near_one", "ties", "wide"]
     gen = torch.Generator().manual_seed(cases.index(case) + (100 if udtype == torch.float64 else 0))
     b, v = 64, 5000

@@ -205,17 +205,15 @@ class Detector:
 
     def _values(self, x: np.ndarray, mask: Any, cand: Any, vocab_size: int | None) -> np.ndarray:
         """Per-position score contributions: uniforms (KGW) or -log(1 - u) (Gumbel)."""
-        return self._combine([p.score(x, self.config.h, mask=mask, candidates=cand,
-                                      vocab_size=vocab_size) for p in self._prfs])
+        return combine_scores(self.config, [
+            p.score(x, self.config.h, mask=mask, candidates=cand, vocab_size=vocab_size)
+            for p in self._prfs])
 
     def pair_values(self, contexts: np.ndarray, tokens: np.ndarray,
                     vocab_size: int | None = None) -> np.ndarray:
         """Score contributions of explicit tuples: ``tokens`` [N] after ``contexts`` [N, h]."""
-        return self._combine([p.pairs(contexts, tokens, vocab_size=vocab_size)
-                              for p in self._prfs])
-
-    def _combine(self, us: list[np.ndarray]) -> np.ndarray:
-        return combine_scores(self.config, us)
+        return combine_scores(self.config, [p.pairs(contexts, tokens, vocab_size=vocab_size)
+                                            for p in self._prfs])
 
     def _reduce(self, values: np.ndarray, sel: np.ndarray, n_pos: int) -> Sufficient:
         v = values.ravel() if n_pos == sel.size and sel.all() else values[sel]

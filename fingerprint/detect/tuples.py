@@ -340,9 +340,10 @@ class TupleSet:
     """An exact set of 128-bit tuple keys that grows as needed; insertion reports first sightings.
 
     The keys live in 4096 sub-tables (open addressing, load factor below 5/8), each grown on its
-    own by about half again, so growing never holds two copies of the whole set. Keys that fit
-    exactly in 64 bits (small vocabularies or short windows) are stored in one word: 8 bytes per
-    slot instead of 16. Memory is therefore 13 to 40 bytes per distinct key, 16 to 20 typical.
+    own (doubled while most keys are new, by half again otherwise), so growing never holds two
+    copies of the whole set. Keys that fit exactly in 64 bits (small vocabularies or short
+    windows) are stored in one word: 8 bytes per slot instead of 16. Memory is therefore 13 to 26
+    bytes per distinct key in one word (about 16 typical), 26 to 51 in two.
     """
 
     _INITIAL_CAP = 8
