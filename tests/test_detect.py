@@ -304,7 +304,7 @@ def test_windowed_finds_the_watermarked_paragraph(default_tokenizer) -> None:
 def test_multikey_reports_the_matching_key(default_tokenizer) -> None:
     from fingerprint.detect.multikey import detect_multikey
 
-    keys = [WatermarkKey.generate() for _ in range(4)] + [KEY]
+    keys = [WatermarkKey.from_int(500 + i) for i in range(4)] + [KEY]
     wm = _green_walk(get_prf("siphash", KEY, "kgw"), 5, 200)
     r = detect_multikey(keys, [wm], DetectorConfig(scheme="kgw", context_width=1))
     assert r.best_index == 4 and r.best_key_id == KEY.key_id

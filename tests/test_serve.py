@@ -502,7 +502,7 @@ def test_closed_audit_finds_the_served_key(server: ServerThread, wm_key: Waterma
     checkpoint = tmp_path / "answers.jsonl"
     mine = audit_closed(suspect, prompts, wm_key, cfg, tokenizer=default_tokenizer,
                         checkpoint=checkpoint, n_controls=10, seed=1)
-    other = audit_closed(suspect, prompts, WatermarkKey.generate(), cfg,
+    other = audit_closed(suspect, prompts, WatermarkKey.from_int(81), cfg,
                          tokenizer=default_tokenizer, checkpoint=checkpoint, n_controls=10,
                          seed=1)
     assert mine.inputs["failed_queries"] == []
@@ -543,7 +543,7 @@ def test_gumbel_server_is_detected(tiny_model: Any, default_tokenizer: Any,
         texts, header = _texts(c, 10, extra_body={"min_tokens": 32})
     assert header["scheme"] == "gumbel" and header["key_id"] == wm_key.key_id
     assert _pvalue(wm_key, header, texts, default_tokenizer) < 1e-8
-    assert _pvalue(WatermarkKey.generate(), header, texts, default_tokenizer) > 1e-4
+    assert _pvalue(WatermarkKey.from_int(82), header, texts, default_tokenizer) > 1e-4
 
 
 def test_opted_out_text_is_not_marked(server: ServerThread, recorded: Recorded,

@@ -212,8 +212,10 @@ def test_gumbel_is_distortion_free(prf_name) -> None:
     rng = np.random.default_rng(5)
     counts = np.zeros(8)
     counts_wrong = np.zeros(8)
-    for i in range(20):  # 20 keys x 1000 random windows = 20k draws
-        key = WatermarkKey.from_int(1000 + i) if i % 2 else WatermarkKey.generate()
+    # 20 fixed keys x 1000 random windows = 20k draws. Fixed keys keep the test deterministic:
+    # with fresh random keys a correct sampler still fails a 1e-3 test once in a thousand runs.
+    for i in range(20):
+        key = WatermarkKey.from_int(1000 + i)
         prf = get_prf(prf_name, key, "gumbel")
         win = torch.from_numpy(rng.integers(0, 49_152, (1000, 4)))
         u = prf.row(win, 8)
