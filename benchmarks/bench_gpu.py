@@ -176,20 +176,10 @@ def oom_message(what: str, device: torch.device) -> str:
             "(--score-shape, --batch, --vocab) or a device with more memory.")
 
 
-@contextmanager
-def torch_ops_everywhere() -> Iterator[None]:
-    """Inside: every tensor the PRF receives takes the torch ops, CPU tensors included (the code
-    a CUDA tensor runs). Outside, CPU tensors go to the numba kernels."""
-    real = prf_module._use_torch
-
-    def use_torch(x: Any, backend: str) -> bool:
-        return (prf_module._is_tensor(x) and backend != "numba") or real(x, backend)
-
-    prf_module._use_torch = use_torch
-    try:
-        yield
-    finally:
-        prf_module._use_torch = real
+def torch_ops_everywhere() -> Any:
+    """Inside: every tensor the PRF receives takes the torch ops, CPU and CUDA tensors alike.
+    Outside, CPU tensors go to the numba kernels and CUDA tensors to Triton (when present)."""
+    return prf_module.tensor_path("torch")
 
 
 # -- machine and output -------------------------------------------------------------------------
@@ -215,9 +205,11 @@ def fmt_rate(x: float) -> str:
 # -- 1. scoring ---------------------------------------------------------------------------------
 def bench_scoring(s: Settings, device: torch.device, key: WatermarkKey) -> list[dict[str, Any]]:
     gpu = device.type == "cuda"
-    cases: list[tuple[str, tuple[int, int], dict[str, Any]]] = [
-        ("torch ops" + ("" if gpu else " (CUDA path)"), s.score_shape,
-         {} if gpu else {"backend": "torch"})]
+    cases: list[tuple[str, tuple[int, int], dict[str, Any]]] = []
+    if gpu and prf_module.triton_available():
+        cases.append(("triton (default)", s.score_shape, {}))
+    cases.append(("torch ops" + ("" if gpu else " (CUDA path)"), s.score_shape,
+                  {"backend": "torch"}))
     if not gpu:
         cases.append(("numba (CPU default)", s.numba_shape, {"backend": "numba"}))
     rng = np.random.default_rng(0)
@@ -310,8 +302,12 @@ def processor_cases(key: WatermarkKey, int_key: WatermarkKey) -> list[tuple[str,
 def bench_processor(s: Settings, device: torch.device, key: WatermarkKey,
                     int_key: WatermarkKey) -> list[dict[str, Any]]:
     gpu = device.type == "cuda"
-    paths = [("torch ops", None)] if gpu else [("torch ops (CUDA path)", torch_ops_everywhere),
-                                               ("numba (CPU default)", None)]
+    paths: list[tuple[str, Any]]
+    if gpu:
+        paths = [("triton (default)", None)] if prf_module.triton_available() else []
+        paths.append(("torch ops", torch_ops_everywhere))
+    else:
+        paths = [("torch ops (CUDA path)", torch_ops_everywhere), ("numba (CPU default)", None)]
     b, v = s.batch, s.vocab
     gen = torch.Generator().manual_seed(0)
     results: list[dict[str, Any]] = []

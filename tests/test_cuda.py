@@ -54,7 +54,7 @@ def on(device: str, a: Any) -> torch.Tensor:
 
 
 def backend_for(device: str) -> str:
-    """The backend a call on ``device`` uses: CUDA tensors route to torch by themselves."""
+    """The backend a call on ``device`` uses: CUDA tensors route to the GPU code by themselves."""
     return "torch" if device == "cpu" else "auto"
 
 
@@ -69,20 +69,11 @@ def check_tensor(got: Any, device: str, want: np.ndarray) -> None:
 
 @contextmanager
 def device_route(device: str) -> Iterator[list[str]]:
-    """Inside: every tensor the PRF receives takes the torch ops (CPU tensors too); the device
-    type of each is recorded, so a test can check that nothing left the device it runs on."""
-    seen: list[str] = []
-    real = prf_module._use_torch
-
-    def use_torch(x: Any, backend: str) -> bool:
-        if prf_module._is_tensor(x):
-            seen.append(x.device.type)
-            if backend != "numba":
-                return True
-        return real(x, backend)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(prf_module, "_use_torch", use_torch)
+    """Inside: every tensor the PRF receives takes the code CUDA runs (torch ops on the CPU; on
+    CUDA the Triton kernels when Triton is there); the device type of each is recorded, so a
+    test can check that nothing left the device it runs on."""
+    path = "triton" if device == "cuda" and prf_module.triton_available() else "torch"
+    with prf_module.tensor_path(path) as seen:
         yield seen
 
 

@@ -195,6 +195,7 @@ class PhiloxPRF(PRF):
             value = int.from_bytes(key.subkey(KeyPurpose(self.name, scheme), 8), "little")
         return U64(value & 0xFFFFFFFF), U64(value >> 32)
 
+    _kind = 1  # fingerprint.core.triton_prf.PHILOX
     _score_kernel = staticmethod(_score_kernel)
     _row_kernel = staticmethod(_row_kernel)
 

@@ -12,9 +12,15 @@ Three entry points, each batched, each on numpy arrays or torch tensors (CPU or 
 * :meth:`PRF.pairs`: explicit windows [N, h] and tokens [N] -> [N].
 
 Backends: ``"numba"`` runs a fused, multi-threaded CPU kernel (numpy arrays, and torch CPU
-tensors through a zero-copy view); ``"torch"`` runs vectorized tensor ops on the tensor's device
-(CUDA, or CPU when asked). Both compute the same integer words and the same float mapping, so
-their outputs are bit-identical; the tests check it.
+tensors through a zero-copy view); ``"triton"`` runs a fused Triton kernel on CUDA tensors (the
+default there when Triton is importable, as it is with torch's CUDA builds); ``"torch"`` runs
+vectorized tensor ops on the tensor's device (CUDA without Triton, or CPU when asked). All three
+compute the same integer words and the same float mapping, so their outputs are bit-identical;
+the tests check it.
+
+Two fused steps serve the watermark on CUDA (:meth:`PRF.fused_green_add` for KGW,
+:meth:`PRF.fused_gumbel_argmax` for Gumbel-max): they read the logits once and never write the
+[B, V] values.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from fingerprint.core.contexts import (
 from fingerprint.errors import BackendError, ConfigError, ShapeError, TokenIdError
 from fingerprint.keys import WatermarkKey, as_key
 
-Backend = Literal["auto", "numba", "torch"]
+Backend = Literal["auto", "numba", "torch", "triton"]
 _TORCH_CHUNK = 1 << 22  # positions per torch chunk: bounds the [chunk, h] temporaries
 
 
@@ -111,6 +117,12 @@ class PRF(ABC):
         Outputs are discrete (``levels`` values), so this differs from ``gamma`` by at most
         ``1 / levels``. Exact tests use this value.
         """
+        return cls.green_levels(gamma) / cls.levels
+
+    @classmethod
+    def green_levels(cls, gamma: float) -> int:
+        """How many output levels give a uniform below ``gamma``: ``u < gamma`` (compared in
+        the uniforms' dtype) holds exactly when the level is below this count."""
         if not (isinstance(gamma, float | int) and 0.0 < float(gamma) < 1.0):
             raise ConfigError(f"gamma must lie strictly between 0 and 1, got {gamma!r}")
         lo, hi = 0, cls.levels  # count = number of levels m with u(m) < gamma (monotone u)
@@ -120,7 +132,7 @@ class PRF(ABC):
                 lo = mid + 1
             else:
                 hi = mid
-        return lo / cls.levels
+        return lo
 
     # -- scoring ------------------------------------------------------------------------------
     def score(
@@ -141,8 +153,9 @@ class PRF(ABC):
         """
         h = check_context_width(context_width)
         maxid = max_token_id(vocab_size)
-        if _use_torch(tokens, backend):
-            return self._score_torch(tokens, h, candidates, mask, maxid)
+        path = _route(tokens, backend)
+        if path != "numba":
+            return self._score_torch(tokens, h, candidates, mask, maxid, path == "triton")
         x, squeeze, to_torch = _to_numpy_matrix(tokens, "tokens")
         cand = x if candidates is None else _match(candidates, x.shape, "candidates")
         valid = None if mask is None else _mask_matrix(mask, x.shape)
@@ -167,7 +180,8 @@ class PRF(ABC):
         backend: Backend = "auto",
     ) -> Any:
         """The value of ``tokens[i]`` [N] in the explicit window ``contexts[i]`` [N, h]."""
-        if _use_torch(contexts, backend):
+        path = _route(contexts, backend)
+        if path != "numba":
             torch = _torch()
             ctx = _torch_matrix(contexts, "contexts")
             tok = torch.as_tensor(tokens, device=ctx.device)
@@ -176,6 +190,10 @@ class PRF(ABC):
             h = check_context_width(ctx.shape[1])
             _check_range_torch(ctx, -1, max_token_id(None), "contexts")
             _check_range_torch(tok, 0, max_token_id(vocab_size), "tokens")
+            if path == "triton":
+                x = torch.cat([ctx, tok.long()[:, None]], dim=1).contiguous()
+                return self._triton().score(self._kind, self._keys_on(x.device), x, x, None,
+                                            h, first=h)[:, h].contiguous()
             return self._torch_uniform(ctx, tok.long(), self.__words)
         ctx, _, to_torch = _to_numpy_matrix(contexts, "contexts")
         tok = np.asarray(tokens.cpu() if _is_tensor(tokens) else tokens)
@@ -193,11 +211,15 @@ class PRF(ABC):
     def row(self, contexts: Any, vocab_size: int, *, backend: Backend = "auto") -> Any:
         """The value of every token ``0..V-1`` in each window ``contexts`` [B, h] -> [B, V]."""
         maxid = max_token_id(vocab_size)
-        if _use_torch(contexts, backend):
+        path = _route(contexts, backend)
+        if path != "numba":
             torch = _torch()
             ctx = _torch_matrix(contexts, "contexts")
             check_context_width(ctx.shape[1])
             _check_range_torch(ctx, -1, max_token_id(None), "contexts")
+            if path == "triton":
+                ctx = ctx.contiguous()
+                return self._triton().row(self._kind, self._keys_on(ctx.device), ctx, maxid + 1)
             vocab = torch.arange(maxid + 1, device=ctx.device, dtype=torch.int64)
             return self._torch_uniform(ctx[:, None, :], vocab[None, :], self.__words)
         ctx, _, to_torch = _to_numpy_matrix(contexts, "contexts")
@@ -208,8 +230,61 @@ class PRF(ABC):
             self._row_kernel(ctx, (0,) * h, *self.__words, out)
         return _from_numpy(out, to_torch)
 
+    # -- fused watermark steps (CUDA) -------------------------------------------------------
+    def fused_green_add(self, windows: Any, logits: Any, gamma: float, delta: float) -> Any:
+        """KGW's step in one kernel: ``logits + delta`` where ``u(window, token) < gamma``.
+
+        Runs when ``logits`` [B, V] is a CUDA tensor and Triton is importable; returns None
+        otherwise (the caller then uses :meth:`row`). Green is decided exactly as ``u < gamma``
+        in the uniforms' dtype; the sum is torch's CUDA ``add(logits, green, alpha=delta)``.
+        """
+        if _route(logits, "auto") != "triton":
+            return None
+        ctx = self._checked_windows(windows, logits)
+        return self._triton().green_add(self._kind, self._keys_on(ctx.device), ctx, logits,
+                                        self.green_levels(gamma), float(delta))
+
+    def fused_gumbel_argmax(self, windows: Any, logits: Any) -> Any:
+        """The Gumbel step in one kernel: ``argmax(logits - log(-log u))`` per row, [B] int64.
+
+        Runs when ``logits`` is a CUDA tensor and Triton is importable (the noise is computed in
+        the uniforms' dtype with CUDA's ``log``, ties go to the lowest index); None otherwise.
+        """
+        if _route(logits, "auto") != "triton":
+            return None
+        ctx = self._checked_windows(windows, logits)
+        return self._triton().gumbel_argmax(self._kind, self._keys_on(ctx.device), ctx, logits)
+
+    def _checked_windows(self, windows: Any, logits: Any) -> Any:
+        ctx = _torch_matrix(windows, "contexts").to(logits.device).contiguous()
+        check_context_width(ctx.shape[1])
+        if logits.ndim != 2 or logits.shape[0] != ctx.shape[0]:
+            raise ShapeError(f"logits must have shape [B, V] with B = {ctx.shape[0]} windows, "
+                             f"got {tuple(logits.shape)}")
+        max_token_id(logits.shape[1] if logits.shape[1] else None)
+        _check_range_torch(ctx, -1, max_token_id(None), "contexts")
+        return ctx
+
+    # -- Triton path --------------------------------------------------------------------------
+    _kind: ClassVar[int]  # the PRF's kind in fingerprint.core.triton_prf
+
+    @staticmethod
+    def _triton() -> Any:
+        from fingerprint.core import triton_prf
+
+        return triton_prf
+
+    def _keys_on(self, device: Any) -> Any:
+        """The key words as a device tensor, made once per device (a kernel argument)."""
+        cache = self.__dict__.setdefault("_device_keys", {})
+        keys = cache.get(str(device))
+        if keys is None:
+            keys = cache[str(device)] = self._triton().key_tensor(self.__words, device)
+        return keys
+
     # -- torch path ---------------------------------------------------------------------------
-    def _score_torch(self, tokens: Any, h: int, candidates: Any, mask: Any, maxid: int) -> Any:
+    def _score_torch(self, tokens: Any, h: int, candidates: Any, mask: Any, maxid: int,
+                     fused: bool = False) -> Any:
         torch = _torch()
         squeeze = tokens.ndim == 1
         x = _torch_matrix(tokens, "tokens")
@@ -226,6 +301,11 @@ class PRF(ABC):
         bad = ((cand < 0) | (cand > maxid)) & valid
         if bool(bad.any()):
             _raise_bad_tokens(cand.cpu().numpy(), valid.cpu().numpy(), maxid)
+        if fused:
+            out = self._triton().score(self._kind, self._keys_on(x.device), x.contiguous(),
+                                       cand.contiguous(),
+                                       None if mask is None else valid.contiguous(), h)
+            return out[0] if squeeze else out
         xw = x.masked_fill(~valid, PAD)
         padded = torch.nn.functional.pad(xw, (h, 0), value=PAD)
         out = torch.empty(x.shape, dtype=_torch_dtype(self.uniform_dtype), device=x.device)
@@ -307,14 +387,68 @@ def _torch_dtype(dtype: type[np.floating]) -> Any:
     return torch.float64 if dtype is np.float64 else torch.float32
 
 
-def _use_torch(x: Any, backend: Backend) -> bool:
-    if backend not in ("auto", "numba", "torch"):
-        raise ConfigError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
-    if _is_tensor(x) and x.device.type != "cpu":
-        if backend == "numba":
-            raise BackendError("the numba backend runs on the CPU; move the tensor with .cpu()")
-        return True
-    return backend == "torch"
+def _route(x: Any, backend: Backend) -> str:
+    """The code that runs for input ``x``: ``"numba"``, ``"torch"`` or ``"triton"``."""
+    if backend not in ("auto", "numba", "torch", "triton"):
+        raise ConfigError(
+            f"backend must be 'auto', 'numba', 'torch' or 'triton', got {backend!r}")
+    on_device = _is_tensor(x) and x.device.type != "cpu"
+    if _FORCED is not None and _is_tensor(x) and backend == "auto":
+        _FORCED[1].append(x.device.type)
+        backend = _FORCED[0]  # type: ignore[assignment]
+    if backend == "numba" and on_device:
+        raise BackendError("the numba backend runs on the CPU; move the tensor with .cpu()")
+    if backend == "triton":
+        if not triton_available():
+            raise BackendError("the triton backend needs the triton package (torch's CUDA "
+                               "builds ship it)")
+        if not (on_device or _triton_interpreted()):
+            raise BackendError("the triton backend runs on CUDA tensors (or on CPU tensors "
+                               "under TRITON_INTERPRET=1, for testing)")
+    if backend != "auto":
+        return backend
+    if on_device:
+        return "triton" if x.device.type == "cuda" and triton_available() else "torch"
+    return "numba"
+
+
+_FORCED: tuple[str, list[str]] | None = None
+
+
+@contextmanager
+def tensor_path(path: Literal["torch", "triton"]) -> Iterator[list[str]]:
+    """Inside: every torch tensor routed with ``backend="auto"`` takes ``path``, CPU tensors
+    included (so the CUDA code runs, and is tested, on any machine; Triton on the CPU needs
+    ``TRITON_INTERPRET=1``). Yields the list of device types the routed tensors came from."""
+    global _FORCED
+    before, seen = _FORCED, []
+    _FORCED = (path, seen)
+    try:
+        yield seen
+    finally:
+        _FORCED = before
+
+
+def triton_available() -> bool:
+    """Whether the fused Triton kernels can be used (the triton package imports)."""
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            _TRITON_OK = False
+        else:
+            _TRITON_OK = True
+    return _TRITON_OK
+
+
+_TRITON_OK: bool | None = None
+
+
+def _triton_interpreted() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _to_numpy_matrix(x: Any, what: str) -> tuple[np.ndarray, bool, Any]:

@@ -228,6 +228,7 @@ class SipHashPRF(PRF):
         raw = key.subkey(KeyPurpose(self.name, scheme), 16)
         return U64(int.from_bytes(raw[:8], "little")), U64(int.from_bytes(raw[8:], "little"))
 
+    _kind = 0  # fingerprint.core.triton_prf.SIPHASH
     _score_kernel = staticmethod(_score_kernel)
     _row_kernel = staticmethod(_row_kernel)
 

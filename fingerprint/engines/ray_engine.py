@@ -238,7 +238,7 @@ def _uniforms(det: Detector, x: np.ndarray, m: np.ndarray | None, vocab_size: in
 
     xt = torch.from_numpy(x).to(device)
     mt = None if m is None else torch.from_numpy(m).to(device)
-    return [p.score(xt, det.config.h, mask=mt, vocab_size=vocab_size, backend="torch")
+    return [p.score(xt, det.config.h, mask=mt, vocab_size=vocab_size)
             .cpu().numpy() for p in det._prfs]
 
 

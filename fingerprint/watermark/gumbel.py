@@ -26,6 +26,7 @@ arithmetic, ``u.clamp_min(finfo(float32).tiny)``, ``noise = -log(-log u)``,
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import os
 from typing import Any
@@ -130,8 +131,30 @@ class GumbelLogitsProcessor(LogitsProcessor):
                                        pad_token_id)
         self.check_placement = bool(check_placement)
         self._seen: list[dict[tuple[int, ...], int]] = []
-        self.n_watermarked = 0  # steps x rows sampled with the watermark (for reports)
-        self.n_repeated = 0  # steps x rows sampled plainly because the window repeated
+        self._history: _WindowHistory | None = None  # the same check on the GPU, without syncs
+        self._n_watermarked = 0
+        self._n_repeated = 0
+        self._device_rows = 0  # steps x rows checked on the device ...
+        self._device_counts: list[torch.Tensor] = []  # ... and how many repeated, not yet read
+
+    @property
+    def n_watermarked(self) -> int:
+        """Steps x rows sampled with the watermark (for reports)."""
+        self._collect_counts()
+        return self._n_watermarked
+
+    @property
+    def n_repeated(self) -> int:
+        """Steps x rows sampled plainly because the window repeated."""
+        self._collect_counts()
+        return self._n_repeated
+
+    def _collect_counts(self) -> None:
+        if self._device_counts:
+            rep = int(torch.stack(self._device_counts).sum())
+            self._n_repeated += rep
+            self._n_watermarked += self._device_rows - rep
+        self._device_rows, self._device_counts = 0, []
 
     def __repr__(self) -> str:
         return f"GumbelLogitsProcessor({self.config})"
@@ -149,9 +172,14 @@ class GumbelLogitsProcessor(LogitsProcessor):
         """Forget the current generation (it is also detected automatically)."""
         self._tracker.reset()
         self._seen = []
+        self._history = None
 
     def choose(self, logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """The watermarked token [B] for processed ``logits`` [B, V] after ``windows`` [B, h]."""
+        if not self._needs_clamp:
+            fused = self._prf.fused_gumbel_argmax(windows, logits)  # CUDA: one kernel
+            if fused is not None:
+                return fused
         return gumbel_argmax(logits, self._prf.row(windows, logits.shape[-1]),
                              clamp=self._needs_clamp)
 
@@ -159,9 +187,15 @@ class GumbelLogitsProcessor(LogitsProcessor):
         windows, new = self._tracker.update(input_ids)
         if new:
             self._seen = [{} for _ in range(input_ids.shape[0])]
+            self._history = None
             if self.check_placement:
                 self._check_placement()
         choice = self.choose(scores, windows)[:, None]
+        if _gpu_style(scores):  # one pass over the logits, and no wait on the GPU
+            keep = torch.arange(scores.shape[1], device=scores.device)[None, :] == choice
+            if self.settings.deduplicate_contexts != "none":
+                keep |= self._repeated_on_device(windows)[:, None]
+            return torch.where(keep, scores, -torch.inf)
         out = torch.full_like(scores, -torch.inf).scatter_(1, choice, scores.gather(1, choice))
         if self.settings.deduplicate_contexts != "none":
             repeated = self._repeated(windows)
@@ -180,9 +214,23 @@ class GumbelLogitsProcessor(LogitsProcessor):
             flags.append(last is not None and last >= oldest)
             seen[w] = step
         n_rep = sum(flags)
-        self.n_repeated += n_rep
-        self.n_watermarked += len(flags) - n_rep
+        self._n_repeated += n_rep
+        self._n_watermarked += len(flags) - n_rep
         return torch.tensor(flags) if n_rep else None
+
+    def _repeated_on_device(self, windows: torch.Tensor) -> torch.Tensor:
+        """:meth:`_repeated` with the windows kept on their device: [B] bool, never synced."""
+        if self._history is None:
+            self._history = _WindowHistory(windows.shape[0], windows.shape[1], windows.device)
+        limit = self.settings.dedup_max_history
+        step = self._tracker.step_index
+        repeated = self._history.seen_since(windows, 0 if limit is None else step - limit)
+        self._history.add(windows, step)
+        self._device_rows += repeated.shape[0]
+        self._device_counts.append(repeated.sum())
+        if len(self._device_counts) > 256:
+            self._collect_counts()
+        return repeated
 
     def _check_placement(self) -> None:
         """Inside transformers' generate: refuse processors after this one, and greedy search."""
@@ -207,6 +255,33 @@ class GumbelLogitsProcessor(LogitsProcessor):
                     "greedy decoding too")
             if (gen_config.num_beams or 1) > 1:
                 raise ConfigError("beam search cannot carry a Gumbel watermark; use num_beams=1")
+
+
+def _gpu_style(scores: torch.Tensor) -> bool:
+    """Whether a step takes the accelerator's code (no host syncs); the tests switch it on for
+    CPU tensors too."""
+    return scores.device.type != "cpu"
+
+
+class _WindowHistory:
+    """The windows each row used at earlier steps of one generation, on the device."""
+
+    def __init__(self, rows: int, width: int, device: torch.device) -> None:
+        self.windows = torch.empty((rows, 64, width), dtype=torch.int64, device=device)
+        self.steps: list[int] = []
+
+    def seen_since(self, windows: torch.Tensor, oldest: int) -> torch.Tensor:
+        """Rows whose window was used at a recorded step >= ``oldest``."""
+        start = bisect.bisect_left(self.steps, oldest)  # steps only grow
+        past = self.windows[:, start:len(self.steps)]
+        return (past == windows[:, None, :]).all(dim=2).any(dim=1)
+
+    def add(self, windows: torch.Tensor, step: int) -> None:
+        n = len(self.steps)
+        if n == self.windows.shape[1]:
+            self.windows = torch.cat([self.windows, torch.empty_like(self.windows)], dim=1)
+        self.windows[:, n] = windows
+        self.steps.append(step)
 
 
 def _find_generation_frames(

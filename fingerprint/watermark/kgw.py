@@ -3,8 +3,8 @@
 At each step, token ``v`` is *green* when ``u(key, window, v) < gamma``, with ``u`` the keyed PRF
 of the shared core (``fingerprint/core``) and ``window`` the ``h`` tokens before the one being
 sampled; every green logit gets ``+delta``. One :meth:`~fingerprint.core.PRF.row` call per step
-gives the values of the whole vocabulary for all rows at once (the fused numba kernel on CPU,
-torch ops on CUDA), then one masked add.
+gives the values of the whole vocabulary for all rows at once (the fused numba kernel on CPU),
+then one masked add; on CUDA one Triton kernel does both without writing the values.
 
 Two placements in transformers' ``generate``, both also valid for greedy decoding:
 
@@ -102,8 +102,11 @@ class KGWLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         windows, _ = self._tracker.update(input_ids)
-        u = self._prf.row(windows, scores.shape[-1])
         gamma, delta = self.settings.gamma, self.settings.delta
+        fused = self._prf.fused_green_add(windows, scores, gamma, delta)  # CUDA: one kernel
+        if fused is not None:
+            return fused
+        u = self._prf.row(windows, scores.shape[-1])
         out = torch.empty_like(scores)
         for cols in column_slices(*scores.shape, scores.device):
             # + delta where green (u < gamma, compared in u's dtype as the detector compares)
