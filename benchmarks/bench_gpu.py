@@ -1,12 +1,13 @@
 """GPU benchmark: PRF scoring throughput, the watermark processors' step time, the reading audit.
 
 Everything runs on one device, ``--device`` (default ``cuda`` when a GPU is visible, else
-``cpu``). On a GPU, tensors take the core's torch path by themselves (the same integer words and
-float mapping as the CPU kernels, bit for bit; ``tests/test_cuda.py`` checks it). On the CPU the
-same torch ops are forced (``backend="torch"``, and for the processors the PRF's routing switched
-so that CPU tensors take them too), and the numba kernels, which CPU users get by default, are
-measured beside them for reference. CPU numbers are not GPU numbers: the targets are judged only
-on a CUDA device.
+``cpu``). On a GPU, tensors take the fused Triton kernels by themselves (the same integer words
+and float mapping as the CPU kernels, bit for bit; ``tests/test_triton.py`` and
+``tests/test_cuda.py`` check it), and the eager torch ops (the path without Triton) are measured
+beside them. On the CPU the torch ops are forced (``backend="torch"``, and for the processors
+the PRF's routing switched so that CPU tensors take them too), and the numba kernels, which CPU
+users get by default, are measured beside them for reference. CPU numbers are not GPU numbers:
+the targets are judged only on a CUDA device.
 
 1. Scoring: ``PRF.score`` on a ``[B, T]`` int64 tensor already on the device (64 x 2**20, about
    67M tokens, on a GPU), both PRFs (``siphash24-v1``, ``philox4x32-10-v1``), h = 2 and 4. One
@@ -18,7 +19,8 @@ on a CUDA device.
    step (window tracking and, for Gumbel, single-turn dedup included; a ``dedup none`` row shows
    the cost without it). A few warm-up steps, then many steps, each synchronized: median and p90
    wall time per step, and the median of the GPU time between CUDA events. Target on an H100:
-   <= 0.2 ms per step.
+   <= 0.2 ms per step. With Triton, ``kernel only`` rows time the fused steps alone
+   (``PRF.fused_green_add``, ``PRF.fused_gumbel_argmax``).
 3. Reading-mode audit: ``audit_open`` over a synthetic teacher corpus (random token ids; the
    cost does not depend on the text) with the suspect model on the device: the embedded
    SmolLM2-135M (``--model default``) or a tiny random Llama (``--model tiny``, the ``--quick``
@@ -358,8 +360,41 @@ def bench_processor(s: Settings, device: torch.device, key: WatermarkKey,
                 meets_target=(median_ms <= TARGET_STEP_MS) if applies else None)
             results.append(entry)
             progress(f"  step  {path:24s} {label:32s} median {median_ms:,.3f} ms")
+    if gpu and prf_module.triton_available():
+        results += kernel_only(s, device, key, int_key, ids[:, -4:].contiguous(), logits)
     del ids, logits
     free_memory(device)
+    return results
+
+
+def kernel_only(s: Settings, device: torch.device, key: WatermarkKey, int_key: WatermarkKey,
+                windows: torch.Tensor, logits: torch.Tensor) -> list[dict[str, Any]]:
+    """The fused kernels alone (no window tracking, no dedup, no output assembly): how much of a
+    step is the PRF work itself."""
+    cases = []
+    for name, k in (("siphash24-v1", key), ("philox4x32-10-v1", int_key)):
+        kgw, gum = get_prf(name, k, "kgw"), get_prf(name, k, "gumbel")
+        short = name.split("2")[0].split("4")[0]
+        cases.append((f"green add {short} h=2",
+                      partial(kgw.fused_green_add, windows[:, -2:], logits, 0.25, 2.0)))
+        cases.append((f"gumbel argmax {short} h=4",
+                      partial(gum.fused_gumbel_argmax, windows, logits)))
+    results = []
+    for label, fn in cases:
+        for _ in range(s.warmup_steps):
+            fn()
+        timings = [timed_call(fn, device) for _ in range(s.steps)]
+        walls = [w for w, _ in timings]
+        events = [e for _, e in timings if e is not None]
+        median_ms = statistics.median(walls) * 1e3
+        results.append({
+            "path": "triton kernel only", "processor": label, "batch": logits.shape[0],
+            "vocab": logits.shape[1], "ctx": s.ctx, "steps": len(walls),
+            "wall_ms": [w * 1e3 for w in walls], "median_ms": median_ms,
+            "p90_ms": percentile(walls, 90) * 1e3, "best_ms": min(walls) * 1e3,
+            "event_median_ms": statistics.median(events) * 1e3 if events else None,
+            "target_ms": None, "meets_target": None})
+        progress(f"  kernel {label:32s} median {median_ms:,.3f} ms")
     return results
 
 
