@@ -7,6 +7,7 @@ import math
 import pickle
 from types import SimpleNamespace
 
+import numba as nb
 import numpy as np
 import pytest
 import torch
@@ -473,3 +474,58 @@ def test_gumbel_choice_equals_the_unsliced_computation(udtype, case) -> None:
     elif case == "wide":
         logits = logits * 20
     assert torch.equal(gumbel_argmax(logits, u.clone()), _full_gumbel_choice(logits, u))
+
+
+@nb.njit(cache=False)
+def _every_token_valued(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The float64 choice with every token valued (same log as the pruned kernel)."""
+    out = np.zeros(u.shape[0], dtype=np.int64)
+    for b in range(u.shape[0]):
+        best = -np.inf
+        for v in range(u.shape[1]):
+            val = logits[b, v] - np.log(-np.log(u[b, v]))
+            if val > best:
+                best, out[b] = val, v
+    return out
+
+
+@pytest.mark.parametrize("case", ["normal", "flat", "masked", "near_one", "near_zero", "ties",
+                                  "wide", "peaked", "inf"])
+def test_pruned_cpu_choice_values_every_possible_winner(case) -> None:
+    """The float64 CPU choice skips tokens that cannot win: it must equal valuing them all."""
+    from fingerprint.watermark.gumbel import _pruned_choice
+
+    cases = ["normal", "flat", "masked", "near_one", "near_zero", "ties", "wide", "peaked", "inf"]
+    gen = torch.Generator().manual_seed(300 + cases.index(case))
+    b, v = 64, 5000
+    logits = torch.randn(b, v, generator=gen) * 2
+    u = torch.rand(b, v, generator=gen, dtype=torch.float64).clamp(1e-300, 1 - 2**-53)
+    if case == "flat":
+        logits = torch.zeros(b, v)
+    elif case == "masked":
+        logits[:, 50:] = -torch.inf
+        logits[0, :] = -torch.inf  # a row with nothing finite: index 0, as argmax gives
+    elif case == "near_one":  # the largest noises, up to about 37 nats
+        u[:, ::7] = 1 - torch.rand(b, len(range(0, v, 7)), generator=gen, dtype=torch.float64) \
+            * 1e-15
+        u = u.clamp(max=1 - 2**-53)
+    elif case == "near_zero":
+        u[:, ::3] = torch.rand(b, len(range(0, v, 3)), generator=gen, dtype=torch.float64) * 1e-12
+    elif case == "ties":
+        u[:] = u[:, :1]
+        logits[:] = logits[:, :1]
+    elif case == "wide":
+        logits = logits * 20
+    elif case == "peaked":  # one dominant token, a long tail 30-40 nats below it
+        logits = -35 + torch.rand(b, v, generator=gen) * 10
+        logits[:, 17] = 0.0
+    elif case == "inf":
+        logits[:, 99] = torch.inf
+        logits[:, 3000] = torch.inf
+    got = _pruned_choice(logits, u)
+    assert torch.equal(got, torch.from_numpy(_every_token_valued(logits.double().numpy(),
+                                                                 u.numpy())))
+    if case not in ("ties", "inf", "masked"):  # where torch's log has no exact ties to break
+        assert torch.equal(got, gumbel_argmax(logits, u.clone()))
+    if case == "inf":
+        assert (got == 99).all()

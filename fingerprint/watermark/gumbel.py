@@ -31,6 +31,7 @@ import inspect
 import os
 from typing import Any
 
+import numba as nb
 import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -78,6 +79,73 @@ def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor, *,
             best_val = torch.where(better, val, best_val)
             best_idx = torch.where(better, idx + (cols.start or 0), best_idx)
     return best_idx
+
+
+# -- the CPU choice for float64 uniforms: value only the tokens that can win ---------------------
+_BINS_PER_NAT = 16
+_D_LO, _D_HI = -8.0, 40.0  # below: every token is a candidate; above: none can be
+_MARGIN = 1e-9  # nats: thresholds sit this much below the exact boundary
+
+
+def _thresholds() -> np.ndarray:
+    """``thr[k]``: the least uniform whose noise ``-log(-log u)`` reaches ``_D_LO + k / 16 -
+    _MARGIN``; a token whose value gap to the best lies in bin ``k`` needs at least that. Bin 0
+    holds every gap below ``_D_LO`` (threshold 0); the last, every gap from ``_D_HI`` up, which
+    no noise reaches (a float64 uniform below 1 gives at most about 37 nats)."""
+    d = _D_LO + np.arange(int((_D_HI - _D_LO) * _BINS_PER_NAT)) / _BINS_PER_NAT - _MARGIN
+    return np.append(np.exp(-np.exp(-d)), 2.0)  # the last bin: no uniform reaches it
+
+
+_THRESHOLDS = _thresholds()
+
+
+@nb.njit(parallel=True, cache=True)
+def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
+    """``argmax(logits - log(-log u))`` per row (float64), lowest index on ties.
+
+    Exact, without valuing most tokens: the token with the largest logit gives a value ``best``
+    that the winner must reach; token ``v`` can only reach it when its noise is at least
+    ``best - logits[v]``, i.e. when ``u[v]`` is at least ``exp(-exp(logits[v] - best))``. That
+    bound is read from a table of thresholds at 1/16-nat steps, rounded down (and lowered by a
+    margin far above rounding error), so no possible winner is skipped; the few candidates are
+    then valued exactly.
+    """
+    n_rows, n_vocab = u.shape
+    n_bins = thr.shape[0]
+    for b in nb.prange(n_rows):
+        m = 0
+        top = logits[b, 0]
+        for v in range(1, n_vocab):
+            if logits[b, v] > top:
+                top = logits[b, v]
+                m = v
+        if not np.isfinite(top):  # all -inf (index 0, as argmax), or +inf (the first +inf)
+            out[b] = m
+            continue
+        best = np.float64(top) - np.log(-np.log(u[b, m]))
+        best_i = m
+        shift = best - _D_LO
+        for v in range(n_vocab):
+            gap = (shift - np.float64(logits[b, v])) * _BINS_PER_NAT  # +inf for a -inf logit
+            k = int(min(max(gap, 0.0), n_bins - 1.0))  # branch-free: almost no token passes
+            if u[b, v] < thr[k]:
+                continue
+            val = np.float64(logits[b, v]) - np.log(-np.log(u[b, v]))
+            if val > best or (val == best and v < best_i):
+                best = val
+                best_i = v
+        out[b] = best_i
+
+
+def _pruned_choice(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """:func:`gumbel_argmax` for float64 uniforms on the CPU, by :func:`_choice_kernel`."""
+    lg = logits.detach()
+    if lg.dtype not in (torch.float32, torch.float64):
+        lg = lg.float()  # 16-bit logits: exact in float32
+    lg = lg.contiguous().numpy()
+    out = np.empty(lg.shape[0], dtype=np.int64)
+    _choice_kernel(lg, uniforms.contiguous().numpy(), _THRESHOLDS, out)
+    return torch.from_numpy(out)
 
 
 class GumbelLogitsProcessor(LogitsProcessor):
@@ -180,6 +248,8 @@ class GumbelLogitsProcessor(LogitsProcessor):
             fused = self._prf.fused_gumbel_argmax(windows, logits)  # CUDA: one kernel
             if fused is not None:
                 return fused
+            if logits.device.type == "cpu" and type(self._prf).uniform_dtype is np.float64:
+                return _pruned_choice(logits, self._prf.row(windows, logits.shape[-1]))
         return gumbel_argmax(logits, self._prf.row(windows, logits.shape[-1]),
                              clamp=self._needs_clamp)
 
