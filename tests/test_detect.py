@@ -10,7 +10,7 @@ from fingerprint.core.contexts import tuple_keys
 from fingerprint.detect.calibrate import ScoredBatch, calibrate, random_keys, results_under_keys
 from fingerprint.detect.detector import Detector, DetectorConfig
 from fingerprint.detect.tuples import TupleSet, first_in_row, in_row_set, select_positions
-from fingerprint.errors import ConfigError, InputError
+from fingerprint.errors import ConfigError, InputError, ShapeError
 from fingerprint.keys import WatermarkKey
 
 KEY = WatermarkKey(bytes(range(32)))
@@ -426,3 +426,51 @@ def test_calibration_check_is_exact_for_few_tuples() -> None:
     bad = calibrate([np.tile(seq, 30)], DetectorConfig(context_width=1, dedup="none"),
                     n_keys=1000, seed=3)
     assert not bad.calibrated
+
+
+def test_many_short_sequences_pack_exactly() -> None:
+    """Corpora of many ragged rows (with and without prompts) are packed without a per-token
+    loop; every row must count exactly as if it were scored alone."""
+    rng = np.random.default_rng(21)
+    seqs = [rng.integers(0, 49_152, n) for n in rng.integers(0, 40, 3_000)]
+    proms = [rng.integers(0, 49_152, n) for n in rng.integers(0, 6, 3_000)]
+    det = Detector(KEY, DetectorConfig(scheme="kgw", context_width=2, dedup="none"))
+    for prompts in (None, proms):
+        whole = det.detect(seqs, prompts=prompts)
+        alone = [det.detect([s], prompts=None if prompts is None else [prompts[i]])
+                 for i, s in enumerate(seqs)]
+        assert whole.n_scored == sum(r.n_scored for r in alone) == sum(map(len, seqs))
+        assert whole.n_green == sum(r.n_green for r in alone)
+    gen = det.detect(s for s in seqs)  # a generator is read once, and fully
+    assert gen.n_scored == whole.n_scored
+    with pytest.raises(InputError, match=r"sequences\[1\]"):
+        det.detect(x for x in [seqs[0], np.zeros((2, 2), dtype=np.int64)])
+
+
+@pytest.mark.parametrize("scheme", ["kgw", "gumbel", "dual_key_gumbel"])
+def test_reused_value_buffers_do_not_leak_between_calls(scheme: str) -> None:
+    rng = np.random.default_rng(22)
+    a, b = rng.integers(0, 49_152, (50, 300)), rng.integers(0, 49_152, (7, 41))
+    det = Detector(KEY, DetectorConfig(scheme=scheme))
+    det.detect(a)
+    again = det.detect(b)
+    fresh = Detector(KEY, DetectorConfig(scheme=scheme)).detect(b)
+    assert again.statistic == fresh.statistic and again.log10_pvalue == fresh.log10_pvalue
+    assert again.n_scored == fresh.n_scored
+
+
+def test_score_into_a_given_buffer() -> None:
+    prf = get_prf("siphash24-v1", KEY, "kgw")
+    x = np.random.default_rng(23).integers(0, 49_152, (3, 50))
+    buf = np.full((3, 50), 7.0)
+    got = prf.score(x, 2, out=buf)
+    assert got is buf or np.shares_memory(got, buf)
+    assert np.array_equal(buf, prf.score(x, 2))
+    with pytest.raises(ShapeError):
+        prf.score(x, 2, out=np.empty((3, 50), dtype=np.float32))
+    with pytest.raises(ShapeError):
+        prf.score(x, 2, out=np.empty((50, 3))[::1].T)
+    import torch
+
+    with pytest.raises(ConfigError):
+        prf.score(torch.from_numpy(x), 2, out=buf)

@@ -13,6 +13,8 @@ Sufficient statistics add up, so a corpus can be fed in any number of batches: w
 from __future__ import annotations
 
 import math
+import operator
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -164,6 +166,7 @@ class Detector:
         else:
             self._prfs = [get_prf(cfg.prf, key, cfg.scheme)]
         self._gamma_exact = self._prfs[0].green_probability(cfg.gamma)
+        self._scratch = threading.local()  # per-thread value buffers (see _values)
 
     def __repr__(self) -> str:
         return f"Detector(key_id={self.key_id!r}, config={self.config})"
@@ -198,16 +201,36 @@ class Detector:
             x, cfg.h, mask=mask, score_from=score_from, dedup=cfg.dedup, seen=state.seen,
             candidates=candidates, skip_prompt_windows=cfg.skip_prompt_windows, exclude=exclude)
         candidates_sel = None if candidates is None else np.asarray(candidates)
-        values = self._values(x, mask, candidates_sel, vocab_size)
+        values = self._values(x, mask, candidates_sel, vocab_size, scratch=not return_values)
         n_pos = count_candidates(x, mask, score_from)
         state.suff = state.suff + self._reduce(values, sel, n_pos)
         return (sel, values) if return_values else None
 
-    def _values(self, x: np.ndarray, mask: Any, cand: Any, vocab_size: int | None) -> np.ndarray:
-        """Per-position score contributions: uniforms (KGW) or -log(1 - u) (Gumbel)."""
+    def _values(self, x: np.ndarray, mask: Any, cand: Any, vocab_size: int | None,
+                scratch: bool = False) -> np.ndarray:
+        """Per-position score contributions: uniforms (KGW) or -log(1 - u) (Gumbel).
+
+        ``scratch``: write into this thread's reusable buffers (the result is then only valid
+        until the next call), which spares the page faults of fresh memory on every batch.
+        """
+        if not scratch:
+            return combine_scores(self.config, [
+                p.score(x, self.config.h, mask=mask, candidates=cand, vocab_size=vocab_size)
+                for p in self._prfs])
+        shape = x.shape if x.ndim == 2 else (1, x.shape[0])
         return combine_scores(self.config, [
-            p.score(x, self.config.h, mask=mask, candidates=cand, vocab_size=vocab_size)
-            for p in self._prfs])
+            p.score(x, self.config.h, mask=mask, candidates=cand, vocab_size=vocab_size,
+                    out=self._buffer(i, shape, p.uniform_dtype))
+            for i, p in enumerate(self._prfs)], out=self._buffer(2, shape, np.float64))
+
+    def _buffer(self, slot: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A per-thread scratch array of ``shape`` (grown as needed, reused across calls)."""
+        store = self._scratch.__dict__
+        size = int(np.prod(shape))
+        buf = store.get((slot, np.dtype(dtype)))
+        if buf is None or buf.size < size:
+            buf = store[(slot, np.dtype(dtype))] = np.empty(max(size, 1), dtype=dtype)
+        return buf[:size].reshape(shape)
 
     def pair_values(self, contexts: np.ndarray, tokens: np.ndarray,
                     vocab_size: int | None = None) -> np.ndarray:
@@ -300,30 +323,52 @@ class Detector:
         return out
 
 
-def combine_scores(config: DetectorConfig, uniforms: Sequence[np.ndarray]) -> np.ndarray:
+def combine_scores(config: DetectorConfig, uniforms: Sequence[np.ndarray],
+                   out: np.ndarray | None = None) -> np.ndarray:
     """Per-position score contributions from each PRF's uniforms: the uniform itself (KGW),
     ``-log(1 - u)`` (Gumbel), or vLLM's weighted sum of the two keys' (dual-key Gumbel).
 
     Torch tensors (any device) are brought to numpy first, so the scores, and the sums made of
-    them, are the same bits whichever device computed the uniforms.
+    them, are the same bits whichever device computed the uniforms. ``out`` (float64, the
+    uniforms' shape) receives a Gumbel score instead of fresh memory; the same operations run.
     """
     us = [u.cpu().numpy() if hasattr(u, "cpu") else np.asarray(u) for u in uniforms]
     if config.scheme == "kgw":
         return us[0]
-    scores = [-np.log1p(-u.astype(np.float64)) for u in us]
+    if out is None or out.shape != us[0].shape:
+        scores = [-np.log1p(-u.astype(np.float64)) for u in us]
+    else:
+        scores = [_gumbel_score(us[0], out)]
+        if len(us) > 1:
+            scores.append(-np.log1p(-us[1].astype(np.float64)))
     if config.scheme == "gumbel":
         return scores[0]
     a = config.alpha
     return (1.0 - a) * scores[0] + a * scores[1]
 
 
+def _gumbel_score(u: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``-log1p(-u)`` in float64, written into ``out`` (same operations as the plain form)."""
+    np.negative(u, out=out, dtype=np.float64, casting="same_kind")
+    np.log1p(out, out=out)
+    return np.negative(out, out=out)
+
+
+_DTYPE, _NDIM = operator.attrgetter("dtype"), operator.attrgetter("ndim")
+_INT64 = np.dtype(np.int64)
+
+
 def as_sequences(seqs: Any, what: str) -> list[np.ndarray]:
     if isinstance(seqs, np.ndarray) and seqs.ndim == 2:
-        return [row for row in seqs]
+        return list(seqs.astype(np.int64, copy=False))
     if isinstance(seqs, np.ndarray) and seqs.ndim == 1 and seqs.dtype != object:
         return [seqs]
+    items = seqs if isinstance(seqs, list) else list(seqs)
+    if (set(map(type, items)) == {np.ndarray} and set(map(_DTYPE, items)) == {_INT64}
+            and set(map(_NDIM, items)) == {1}):
+        return items  # already what the kernels read (checked without a Python-level loop)
     out = []
-    for i, s in enumerate(seqs):
+    for i, s in enumerate(items):
         a = np.asarray(s)
         if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
             raise InputError(f"{what}[{i}] must be a 1-D sequence of integer token ids")
@@ -337,30 +382,49 @@ def pack_batches(
     """[B, T] batches of prompt+completion: (tokens, mask or None, completion starts or None).
 
     Rows are right-padded and masked; a batch of one unprompted sequence is passed as it is.
+    A batch closes once it holds ``ROW_BATCH`` tokens. No Python loop runs per token, nor per
+    row beyond one gather of the row arrays (corpora of many short sequences stay fast).
     """
+    n = len(seqs)
+    if n == 0:
+        return
+    lens_s = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
+    lens_p = (np.zeros(n, dtype=np.int64) if prompts is None
+              else np.fromiter(map(len, prompts), dtype=np.int64, count=n))
+    ends = np.cumsum(lens_p + lens_s)
     i = 0
-    while i < len(seqs):
-        rows, total = [], 0
-        while i < len(seqs) and (not rows or total < ROW_BATCH):
-            p = prompts[i] if prompts is not None else np.empty(0, dtype=np.int64)
-            rows.append((p, seqs[i]))
-            total += len(p) + len(seqs[i])
-            i += 1
-        if len(rows) == 1 and len(rows[0][0]) == 0 and len(rows[0][1]):
-            yield np.ascontiguousarray(rows[0][1], dtype=np.int64)[None, :], None, None
-            continue
-        width = max(len(p) + len(s) for p, s in rows)
-        x = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
-        mask = np.zeros_like(x, dtype=bool)
-        start = np.zeros(len(rows), dtype=np.int64)
-        for r, (p, s) in enumerate(rows):
-            n = len(p) + len(s)
-            x[r, : len(p)] = p
-            x[r, len(p) : n] = s
-            mask[r, :n] = True
-            start[r] = len(p)
-        # the common case, equal lengths and no prompts, takes the kernels' fast path
-        yield x, (None if mask.all() else mask), (start if start.any() else None)
+    while i < n:
+        # rows i..j-1: up to and including the row that brings the batch to ROW_BATCH tokens
+        before = ends[i - 1] if i else 0
+        j = min(n, int(np.searchsorted(ends, before + ROW_BATCH, side="left")) + 1)
+        ls, lp = lens_s[i:j], lens_p[i:j]
+        if j - i == 1 and lp[0] == 0 and ls[0]:
+            yield np.ascontiguousarray(seqs[i], dtype=np.int64)[None, :], None, None
+        elif not lp.any() and (ls == ls[0]).all() and ls[0]:
+            # equal lengths and no prompts: the kernels' fast path, no mask
+            yield np.concatenate(seqs[i:j]).astype(np.int64, copy=False).reshape(j - i, -1), \
+                None, None
+        else:
+            yield _padded(seqs[i:j], None if prompts is None else prompts[i:j], lp, ls)
+        i = j
+
+
+def _padded(seqs: list[np.ndarray], prompts: list[np.ndarray] | None, lp: np.ndarray,
+            ls: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Right-padded [B, T] prompt+completion rows, their mask and completion starts."""
+    rows = lp + ls
+    width = max(int(rows.max()), 1)
+    parts = seqs if prompts is None else [a for pair in zip(prompts, seqs, strict=True)
+                                          for a in pair]
+    flat = np.concatenate(parts).astype(np.int64, copy=False) if parts else \
+        np.empty(0, dtype=np.int64)
+    row = np.repeat(np.arange(len(rows)), rows)
+    col = np.arange(len(flat)) - np.repeat(np.cumsum(rows) - rows, rows)
+    x = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros(x.shape, dtype=bool)
+    x[row, col] = flat
+    mask[row, col] = True
+    return x, (None if mask.all() else mask), (lp.copy() if lp.any() else None)
 
 
 def count_candidates(x: np.ndarray, mask: Any, score_from: Any) -> int:
