@@ -103,37 +103,30 @@ _THRESHOLDS = _thresholds()
 def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
     """``argmax(logits - log(-log u))`` per row (float64), lowest index on ties.
 
-    Exact, without valuing most tokens: the token with the largest logit gives a value ``best``
-    that the winner must reach; token ``v`` can only reach it when its noise is at least
-    ``best - logits[v]``, i.e. when ``u[v]`` is at least ``exp(-exp(logits[v] - best))``. That
-    bound is read from a table of thresholds at 1/16-nat steps, rounded down (and lowered by a
-    margin far above rounding error), so no possible winner is skipped; the few candidates are
-    then valued exactly.
+    Exact, without valuing most tokens. One pass keeps the best value so far; token ``v`` can
+    only reach it when its noise is at least ``best - logits[v]``, i.e. when ``u[v]`` is at
+    least ``exp(-exp(logits[v] - best))``. That bound is read from a table of thresholds at
+    1/16-nat steps, rounded down (and lowered by a margin far above rounding error), so no
+    possible winner is skipped, and only the few tokens that pass are valued. A token screened
+    out could not reach the best of its time, so not the final best either.
     """
     n_rows, n_vocab = u.shape
-    n_bins = thr.shape[0]
+    last = thr.shape[0] - 1.0
     for b in nb.prange(n_rows):
-        m = 0
-        top = logits[b, 0]
-        for v in range(1, n_vocab):
-            if logits[b, v] > top:
-                top = logits[b, v]
-                m = v
-        if not np.isfinite(top):  # all -inf (index 0, as argmax), or +inf (the first +inf)
-            out[b] = m
-            continue
-        best = np.float64(top) - np.log(-np.log(u[b, m]))
-        best_i = m
-        shift = best - _D_LO
+        best = -np.inf
+        best_i = 0
         for v in range(n_vocab):
-            gap = (shift - np.float64(logits[b, v])) * _BINS_PER_NAT  # +inf for a -inf logit
-            k = int(min(max(gap, 0.0), n_bins - 1.0))  # branch-free: almost no token passes
-            if u[b, v] < thr[k]:
+            lg = np.float64(logits[b, v])
+            gap = (best - _D_LO - lg) * _BINS_PER_NAT  # NaN (-inf - -inf) reads as bin 0
+            gap = gap if gap > 0.0 else 0.0
+            if u[b, v] < thr[int(gap if gap < last else last)]:
                 continue
-            val = np.float64(logits[b, v]) - np.log(-np.log(u[b, v]))
-            if val > best or (val == best and v < best_i):
+            val = lg - np.log(-np.log(u[b, v]))
+            if val > best:
                 best = val
                 best_i = v
+                if best == np.inf:  # nothing later can beat it (a tie keeps the lower index)
+                    break
         out[b] = best_i
 
 
