@@ -117,8 +117,10 @@ def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
         best_i = 0
         for v in range(n_vocab):
             lg = np.float64(logits[b, v])
-            gap = (best - _D_LO - lg) * _BINS_PER_NAT  # NaN (-inf - -inf) reads as bin 0
-            gap = gap if gap > 0.0 else 0.0
+            if lg == -np.inf:  # filtered out (top-k, top-p): it cannot win, nor tie first
+                continue
+            gap = (best - _D_LO - lg) * _BINS_PER_NAT
+            gap = gap if gap > 0.0 else 0.0  # NaN (a NaN logit) reads as bin 0
             if u[b, v] < thr[int(gap if gap < last else last)]:
                 continue
             val = lg - np.log(-np.log(u[b, v]))
