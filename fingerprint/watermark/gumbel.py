@@ -99,7 +99,7 @@ def _thresholds() -> np.ndarray:
 _THRESHOLDS = _thresholds()
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(cache=True)
 def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
     """``argmax(logits - log(-log u))`` per row (float64), lowest index on ties.
 
@@ -112,7 +112,8 @@ def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
     """
     n_rows, n_vocab = u.shape
     last = thr.shape[0] - 1.0
-    for b in nb.prange(n_rows):
+    for b in range(n_rows):  # on the calling thread: waking a thread pool between the model's
+        # forward passes (whose own pool may still be spinning) costs more than this pass
         best = -np.inf
         best_i = 0
         for v in range(n_vocab):
