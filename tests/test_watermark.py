@@ -529,3 +529,26 @@ def test_pruned_cpu_choice_values_every_possible_winner(case) -> None:
         assert torch.equal(got, gumbel_argmax(logits, u.clone()))
     if case == "inf":
         assert (got == 99).all()
+
+
+def test_sparse_choice_after_top_k_equals_the_dense_one() -> None:
+    """After top-k most logits are -inf: only the live tokens' uniforms are computed."""
+    from fingerprint.watermark.gumbel import _pruned_choice, _sparse_choice
+
+    prf = get_prf("siphash24-v1", KEY, "gumbel")
+    gen = torch.Generator().manual_seed(31)
+    b, v = 12, 49_152
+    logits = torch.randn(b, v, generator=gen) * 3
+    keep = torch.rand(b, v, generator=gen).argsort(dim=1)[:, :50]
+    masked = torch.full_like(logits, -torch.inf).scatter(1, keep, logits.gather(1, keep))
+    masked[3] = -torch.inf  # nothing live: index 0, as argmax gives
+    masked[4, 777] = torch.inf  # +inf wins
+    masked[5, keep[5]] = 0.0  # all live tokens tie: the noise decides
+    windows = torch.randint(0, v, (b, 4), generator=gen)
+    live = masked > -torch.inf
+    got = _sparse_choice(prf, masked, windows, live)
+    assert torch.equal(got, _pruned_choice(masked, prf.row(windows, v)))
+    assert torch.equal(got, gumbel_argmax(masked, prf.row(windows, v)))
+    assert got[3] == 0 and got[4] == 777
+    proc = GumbelLogitsProcessor(KEY, 4, check_placement=False)
+    assert torch.equal(proc.choose(masked, windows), got)  # the processor takes this path

@@ -144,6 +144,32 @@ def _pruned_choice(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor
     return torch.from_numpy(out)
 
 
+_SPARSE_SHARE = 16  # value only the live tokens when at most 1/16 of them are live
+
+
+def _sparse_choice(prf: PRF, logits: torch.Tensor, windows: torch.Tensor,
+                   live: torch.Tensor) -> torch.Tensor:
+    """The choice when most logits are -inf: uniforms of the live tokens only (``PRF.pairs``),
+    valued with the same float64 operations as :func:`_choice_kernel`. A row with no live token
+    gets index 0, as argmax over all -inf does."""
+    rows, cols = (t.numpy() for t in torch.nonzero(live, as_tuple=True))  # row-major order
+    lg = logits.detach()[live].to(torch.float64).numpy()
+    u = prf.pairs(windows.cpu().numpy()[rows], cols)
+    out = np.zeros(logits.shape[0], dtype=np.int64)
+    _sparse_kernel(rows, cols, lg, u, out)
+    return torch.from_numpy(out)
+
+
+@nb.njit(cache=True)
+def _sparse_kernel(rows: Any, cols: Any, lg: Any, u: Any, out: Any) -> None:
+    best = np.full(out.shape[0], -np.inf)
+    for i in range(rows.shape[0]):  # cols ascend within a row: ties keep the lowest index
+        val = lg[i] - np.log(-np.log(u[i]))
+        if val > best[rows[i]]:
+            best[rows[i]] = val
+            out[rows[i]] = cols[i]
+
+
 class GumbelLogitsProcessor(LogitsProcessor):
     """Gumbel-max watermarked sampling; must run last, on the processed logits, with sampling on.
 
@@ -245,6 +271,10 @@ class GumbelLogitsProcessor(LogitsProcessor):
             if fused is not None:
                 return fused
             if logits.device.type == "cpu" and type(self._prf).uniform_dtype is np.float64:
+                live = logits > -torch.inf  # after top-k / top-p, most of the vocabulary is not
+                n_live = int(live.sum())
+                if n_live <= logits.numel() // _SPARSE_SHARE:
+                    return _sparse_choice(self._prf, logits, windows, live)
                 return _pruned_choice(logits, self._prf.row(windows, logits.shape[-1]))
         return gumbel_argmax(logits, self._prf.row(windows, logits.shape[-1]),
                              clamp=self._needs_clamp)
