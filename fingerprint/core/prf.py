@@ -26,6 +26,7 @@ Two fused steps serve the watermark on CUDA (:meth:`PRF.fused_green_add` for KGW
 from __future__ import annotations
 
 import math
+import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -158,11 +159,10 @@ class PRF(ABC):
         h = check_context_width(context_width)
         maxid = max_token_id(vocab_size)
         path = _route(tokens, backend)
-        if path != "numba" or _is_tensor(tokens):
-            if out is not None:
-                raise ConfigError("out= takes numpy token ids (and gives numpy values)")
-            if path != "numba":
-                return self._score_torch(tokens, h, candidates, mask, maxid, path == "triton")
+        if out is not None and (path != "numba" or _is_tensor(tokens)):
+            raise ConfigError("out= takes numpy token ids (and gives numpy values)")
+        if path != "numba":
+            return self._score_torch(tokens, h, candidates, mask, maxid, path == "triton")
         x, squeeze, to_torch = _to_numpy_matrix(tokens, "tokens")
         cand = x if candidates is None else _match(candidates, x.shape, "candidates")
         valid = None if mask is None else _mask_matrix(mask, x.shape)
@@ -460,8 +460,6 @@ _TRITON_OK: bool | None = None
 
 
 def _triton_interpreted() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

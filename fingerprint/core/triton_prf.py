@@ -333,8 +333,7 @@ def score(kind: int, keys: torch.Tensor, x: torch.Tensor, cand: torch.Tensor,
           valid: torch.Tensor | None, h: int, first: int = 0) -> torch.Tensor:
     """Values of positions ``t >= first`` of int64 ``x`` [B, T] (``cand`` scored in the windows
     of ``x``; ``valid`` bool marks real tokens, NaN elsewhere); others are left unset."""
-    out = torch.empty(x.shape, dtype=torch.float64 if kind == SIPHASH else torch.float32,
-                      device=x.device)
+    out = torch.empty(x.shape, dtype=_value_dtype(kind), device=x.device)
     if x.numel() == 0:
         return out
     v = valid if valid is not None else x
@@ -345,19 +344,27 @@ def score(kind: int, keys: torch.Tensor, x: torch.Tensor, cand: torch.Tensor,
     return out
 
 
+def _value_dtype(kind: int) -> torch.dtype:
+    """The dtype of the PRF's values: float64 (SipHash) or float32 (Philox)."""
+    return torch.float64 if kind == SIPHASH else torch.float32
+
+
+def _n_blocks(kind: int, vocab: int) -> int:
+    """Programs per row of the row kernel (a Philox program covers four tokens a lane)."""
+    return triton.cdiv(vocab, _ROW_BLOCK * (4 if kind == PHILOX else 1))
+
+
 def _row_launch(kind: int, keys: torch.Tensor, ctx: torch.Tensor, vocab: int, mode: int,
                 logits: torch.Tensor | None, out: torch.Tensor, idx: torch.Tensor | None,
-                params: torch.Tensor | None, threshold: int) -> int:
-    per_block = _ROW_BLOCK * (4 if kind == PHILOX else 1)
-    n_blocks = triton.cdiv(vocab, per_block)
+                params: torch.Tensor | None, threshold: int) -> None:
+    n_blocks = _n_blocks(kind, vocab)
     if ctx.shape[0] == 0 or vocab == 0:
-        return n_blocks
+        return
     lg = logits if logits is not None else out
     _row_kernel[(ctx.shape[0], n_blocks)](
         ctx, keys, lg, out, idx if idx is not None else out,
         params if params is not None else keys, threshold, vocab, ctx.stride(0), lg.stride(0),
         out.stride(0), n_blocks, H=ctx.shape[1], KIND=kind, MODE=mode, BLOCK=_ROW_BLOCK)
-    return n_blocks
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, str], torch.Tensor] = {}
@@ -376,9 +383,7 @@ def _constant(value: float, dtype: torch.dtype, device: Any) -> torch.Tensor:
 
 def row(kind: int, keys: torch.Tensor, ctx: torch.Tensor, vocab: int) -> torch.Tensor:
     """Values [B, V] of every token after each window ``ctx`` [B, h] (contiguous int64)."""
-    out = torch.empty((ctx.shape[0], vocab),
-                      dtype=torch.float64 if kind == SIPHASH else torch.float32,
-                      device=ctx.device)
+    out = torch.empty((ctx.shape[0], vocab), dtype=_value_dtype(kind), device=ctx.device)
     _row_launch(kind, keys, ctx, vocab, 0, None, out, None, None, 0)
     return out
 
@@ -403,10 +408,8 @@ def gumbel_argmax(kind: int, keys: torch.Tensor, ctx: torch.Tensor,
     """``argmax(logits - log(-log u))`` per row, in the values' dtype; ties to the lowest index."""
     logits = logits.contiguous()
     b, vocab = logits.shape
-    per_block = _ROW_BLOCK * (4 if kind == PHILOX else 1)
-    n_blocks = triton.cdiv(vocab, per_block)
-    dtype = torch.float64 if kind == SIPHASH else torch.float32
-    best = torch.empty((b, n_blocks), dtype=dtype, device=logits.device)
+    n_blocks = _n_blocks(kind, vocab)
+    best = torch.empty((b, n_blocks), dtype=_value_dtype(kind), device=logits.device)
     best_idx = torch.empty((b, n_blocks), dtype=torch.int64, device=logits.device)
     _row_launch(kind, keys, ctx, vocab, 2, logits, best, best_idx, None, 0)
     top = best.argmax(dim=1, keepdim=True)  # the first block holding the maximum

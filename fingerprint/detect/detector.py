@@ -217,11 +217,10 @@ class Detector:
             return combine_scores(self.config, [
                 p.score(x, self.config.h, mask=mask, candidates=cand, vocab_size=vocab_size)
                 for p in self._prfs])
-        shape = x.shape if x.ndim == 2 else (1, x.shape[0])
         return combine_scores(self.config, [
             p.score(x, self.config.h, mask=mask, candidates=cand, vocab_size=vocab_size,
-                    out=self._buffer(i, shape, p.uniform_dtype))
-            for i, p in enumerate(self._prfs)], out=self._buffer(2, shape, np.float64))
+                    out=self._buffer(i, x.shape, p.uniform_dtype))
+            for i, p in enumerate(self._prfs)], out=self._buffer(2, x.shape, np.float64))
 
     def _buffer(self, slot: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """A per-thread scratch array of ``shape`` (grown as needed, reused across calls)."""
@@ -330,17 +329,14 @@ def combine_scores(config: DetectorConfig, uniforms: Sequence[np.ndarray],
 
     Torch tensors (any device) are brought to numpy first, so the scores, and the sums made of
     them, are the same bits whichever device computed the uniforms. ``out`` (float64, the
-    uniforms' shape) receives a Gumbel score instead of fresh memory; the same operations run.
+    uniforms' shape) receives the first key's Gumbel score instead of fresh memory.
     """
     us = [u.cpu().numpy() if hasattr(u, "cpu") else np.asarray(u) for u in uniforms]
     if config.scheme == "kgw":
         return us[0]
-    if out is None or out.shape != us[0].shape:
-        scores = [-np.log1p(-u.astype(np.float64)) for u in us]
-    else:
-        scores = [_gumbel_score(us[0], out)]
-        if len(us) > 1:
-            scores.append(-np.log1p(-us[1].astype(np.float64)))
+    fits = out is not None and out.shape == us[0].shape
+    scores = [_gumbel_score(u, out if i == 0 and fits else np.empty(u.shape, np.float64))
+              for i, u in enumerate(us)]
     if config.scheme == "gumbel":
         return scores[0]
     a = config.alpha
@@ -348,7 +344,7 @@ def combine_scores(config: DetectorConfig, uniforms: Sequence[np.ndarray],
 
 
 def _gumbel_score(u: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``-log1p(-u)`` in float64, written into ``out`` (same operations as the plain form)."""
+    """``-log1p(-u)`` in float64, written into ``out``."""
     np.negative(u, out=out, dtype=np.float64, casting="same_kind")
     np.log1p(out, out=out)
     return np.negative(out, out=out)
