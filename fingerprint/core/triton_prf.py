@@ -150,12 +150,18 @@ def _message_word(x_row, v_row, t, lane, cand, k: tl.constexpr, H: tl.constexpr,
 
 
 @triton.jit
+def _philox_pad_word(k: tl.constexpr):
+    """Philox's window block word ``k`` past the window's end (the spec's padding)."""
+    return _u32(0xFFFFFFFF - k % 4)
+
+
+@triton.jit
 def _philox_block_word(x_row, v_row, t, lane, k: tl.constexpr, H: tl.constexpr,
                        HAS_VALID: tl.constexpr):
     if k < H:
         return _window_word(x_row, v_row, t, lane, k, H, HAS_VALID).to(tl.uint32)
     else:
-        return _u32(0xFFFFFFFF - k % 4)
+        return _philox_pad_word(k)
 
 
 # -- score: every position of a [B, T] matrix ---------------------------------------------------
@@ -254,7 +260,7 @@ def _philox_ctx_word(ctx_row, k: tl.constexpr, H: tl.constexpr):
     if k < H:
         return tl.load(ctx_row + k).to(tl.uint32)
     else:
-        return _u32(0xFFFFFFFF - k % 4)
+        return _philox_pad_word(k)
 
 
 @triton.jit(do_not_specialize=["threshold"])
