@@ -129,6 +129,33 @@ def test_set_layouts_stay_exact_as_they_widen(first_vocab, later_vocab, h) -> No
     assert seen.contains(hi, lo).all()
 
 
+@pytest.mark.parametrize("sweep_from", [8, 256, 1 << 40])
+@pytest.mark.parametrize("wide", [False, True])
+def test_swept_inserts_keep_first_occurrences(monkeypatch, sweep_from, wide) -> None:
+    """Large sub-tables take their keys in order of home slot; the flags must still mark each
+    key's first occurrence in input order, through growth and partial batches."""
+    monkeypatch.setattr(TupleSet, "_SWEEP_SLOTS", sweep_from)
+    rng = np.random.default_rng(sweep_from + wide)
+    seen, reference = TupleSet(), set()
+    for n, distinct in ((30_000, 20_000), (120_000, 200_000), (60_000, 40), (80_000, 100_000)):
+        v = rng.integers(0, distinct, n).astype(np.uint64)
+        if wide:  # 128-bit keys
+            hi, lo = v * np.uint64(0x9E3779B97F4A7C15), v ^ np.uint64(2**63 + 12345)
+        else:  # 16-bit packed keys
+            hi, lo = tuple_keys(v.astype(np.int64) % 3000, 2)
+            hi, lo = hi.ravel(), lo.ravel()
+        zeros = rng.random(n) < 0.001
+        hi[zeros], lo[zeros] = 0, 0
+        expect = []
+        for k in zip(hi.tolist(), lo.tolist(), strict=True):
+            expect.append(k not in reference)
+            reference.add(k)
+        assert seen.add(hi, lo).tolist() == expect
+        assert len(seen) == len(reference)
+        assert seen.contains(hi, lo).all()
+    assert seen.layout == ("full" if wide else "p16")
+
+
 def test_set_memory_per_key_is_compact() -> None:
     x = np.random.default_rng(0).integers(0, 49_152, 2_000_000)
     s = TupleSet()

@@ -200,56 +200,136 @@ def _partition(hi, lo, layout, k_sorted, origin, starts):
             fill[c, parts[i]] += 1
 
 
+_FOUND, _ADDED, _FULL_TABLE = 0, 1, 2
+_LINE = 8  # slots per bucket when ordering keys by home slot
+
+
+@nb.njit(inline="always")
+def _place(t, keys, j, s, count, limit):
+    """Find key ``j`` from slot ``s`` on (linear probing), or add it: (_FOUND | _ADDED |
+    _FULL_TABLE, the new count). A table at its load limit takes no new key."""
+    two = keys.shape[1] == 2
+    a = keys[j, 0]
+    b = keys[j, 1] if two else np.uint64(0)
+    cap = t.shape[0]
+    while True:
+        ta = t[s, 0]
+        tb = t[s, 1] if two else np.uint64(0)
+        if ta == a and tb == b:
+            return _FOUND, count
+        if ta == 0 and tb == 0:
+            if count >= limit:
+                return _FULL_TABLE, count
+            t[s, 0] = a
+            if two:
+                t[s, 1] = b
+            return _ADDED, count + 1
+        s += 1
+        if s == cap:
+            s = 0
+
+
+@nb.njit(inline="always")
+def _is_zero_key(keys, j):
+    return keys[j, 0] == 0 and (keys.shape[1] == 1 or keys[j, 1] == 0)
+
+
 @nb.njit(parallel=True, cache=True)
-def _insert(tables, zero, counts, keys, origin, starts, resume, new):
+def _insert(tables, zero, counts, keys, origin, starts, resume, new, sweep_from):
     """Insert keys partition by partition, each thread owning whole sub-tables.
 
     An all-zero slot is empty; the all-zero key itself is tracked by ``zero[p]``. A partition
-    that reaches its load limit stops; ``resume[p]`` says where, and the caller grows that
-    sub-table and calls again.
+    that reaches its load limit stops; its keys not yet inserted are left, in input order, at
+    the end of its range from ``resume[p]`` on, and the caller grows that sub-table and calls
+    again. Sub-tables of ``sweep_from`` slots or more (beyond the caches) are swept: their keys
+    are taken in order of home slot (a stable counting sort, so a key's first occurrence still
+    comes first), so that the probes walk the table forward instead of missing the cache at
+    random.
     """
-    two = keys.shape[1] == 2
     for p in nb.prange(_PARTS):
         t = tables[np.int64(p)]
         cap = t.shape[0]
+        j0 = resume[p]
+        end = starts[p + 1]
+        if cap >= sweep_from and end - j0 > 1:
+            resume[p] = _insert_swept(t, p, zero, counts, keys, origin, j0, end, new)
+            continue
         limit = _limit(cap)
         count = counts[p]
-        j = resume[p]
-        end = starts[p + 1]
+        j = j0
         while j < end:
-            a = keys[j, 0]
-            b = keys[j, 1] if two else np.uint64(0)
-            if a == 0 and b == 0:
+            if _is_zero_key(keys, j):
                 new[origin[j]] = not zero[p]
                 zero[p] = True
-                j += 1
-                continue
-            s = _slot(_hash(keys, j), cap)
-            full = False
-            while True:
-                ta = t[s, 0]
-                tb = t[s, 1] if two else np.uint64(0)
-                if ta == a and tb == b:
-                    new[origin[j]] = False
-                    break
-                if ta == 0 and tb == 0:
-                    if count >= limit:
-                        full = True
-                        break
-                    t[s, 0] = a
-                    if two:
-                        t[s, 1] = b
-                    count += 1
-                    new[origin[j]] = True
-                    break
-                s += 1
-                if s == cap:
-                    s = 0
-            if full:
-                break  # resume here once the sub-table has grown
+            else:
+                status, count = _place(t, keys, j, _slot(_hash(keys, j), cap), count, limit)
+                if status == _FULL_TABLE:
+                    break  # resume here once the sub-table has grown
+                new[origin[j]] = status == _ADDED
             j += 1
         counts[p] = count
         resume[p] = j
+
+
+@nb.njit(inline="always")
+def _insert_swept(t, p, zero, counts, keys, origin, j0, end, new):
+    """:func:`_insert` for sub-table ``p`` in order of home slot; returns where to resume."""
+    cap = t.shape[0]
+    limit = _limit(cap)
+    m = end - j0
+    home = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        home[i] = _slot(_hash(keys, j0 + i), cap)
+    order = _by_bucket(home, cap)
+    done = np.zeros(m, dtype=np.bool_)
+    count = counts[p]
+    full = False
+    for r in range(m):
+        i = order[r]
+        j = j0 + i
+        if _is_zero_key(keys, j):
+            new[origin[j]] = not zero[p]
+            zero[p] = True
+        else:
+            status, count = _place(t, keys, j, home[i], count, limit)
+            if status == _FULL_TABLE:
+                full = True
+                break
+            new[origin[j]] = status == _ADDED
+        done[i] = True
+    counts[p] = count
+    return end - (_keep_pending(keys, origin, j0, done) if full else 0)
+
+
+@nb.njit(inline="always")
+def _by_bucket(home, cap):
+    """Indices of ``home`` in order of bucket ``home // _LINE``, stable (a counting sort)."""
+    n_b = (cap + _LINE - 1) // _LINE + 1
+    cnt = np.zeros(n_b, dtype=np.int64)
+    for i in range(home.shape[0]):
+        cnt[home[i] // _LINE + 1] += 1
+    for k in range(1, n_b):
+        cnt[k] += cnt[k - 1]
+    order = np.empty(home.shape[0], dtype=np.int64)
+    for i in range(home.shape[0]):
+        b = home[i] // _LINE
+        order[cnt[b]] = i
+        cnt[b] += 1
+    return order
+
+
+@nb.njit(inline="always")
+def _keep_pending(keys, origin, j0, done):
+    """Move the keys not ``done`` to the end of ``keys[j0 : j0 + len(done)]``, in input order;
+    return how many."""
+    k = j0 + done.shape[0]
+    for i in range(done.shape[0] - 1, -1, -1):
+        if not done[i]:
+            k -= 1
+            for w in range(keys.shape[1]):
+                keys[k, w] = keys[j0 + i, w]
+            origin[k] = origin[j0 + i]
+    return j0 + done.shape[0] - k
 
 
 @nb.njit(cache=True)
@@ -347,6 +427,7 @@ class TupleSet:
     """
 
     _INITIAL_CAP = 8
+    _SWEEP_SLOTS = 2048  # sub-tables from this many slots (16 KiB of one-word keys) are swept
 
     def __init__(self) -> None:
         self._layout: int | None = None
@@ -425,7 +506,7 @@ class TupleSet:
             before = self._counts.copy()
             while True:
                 _insert(self._tables, self._zero, self._counts, k_sorted, origin, starts,
-                        resume, new[i0 : i0 + step])
+                        resume, new[i0 : i0 + step], self._SWEEP_SLOTS)
                 stopped = np.nonzero(resume < starts[1:])[0]
                 if not stopped.size:
                     break
