@@ -174,7 +174,8 @@ class PRF(ABC):
                     or out.dtype != self.uniform_dtype or not out.flags.c_contiguous):
                 raise ShapeError(f"out must be a C-contiguous {np.dtype(self.uniform_dtype)} "
                                  f"array of shape {x.shape}")
-        bad = self._score_kernel(x, cand, valid, 0, maxid, (0,) * h, *self.__words, out)
+        with _threads_for(out.size):
+            bad = self._score_kernel(x, cand, valid, 0, maxid, (0,) * h, *self.__words, out)
         head = min(h, x.shape[1])
         if head:  # windows that reach before the start: run them on a copy padded with -1
             pad = np.full((x.shape[0], h), PAD, dtype=np.int64)
@@ -218,7 +219,9 @@ class PRF(ABC):
         x = np.concatenate([ctx, tok.astype(np.int64)[:, None]], axis=1)
         out = np.empty(x.shape, dtype=self.uniform_dtype)
         maxid = max_token_id(vocab_size)
-        if self._score_kernel(x, x, None, h, maxid, (0,) * h, *self.__words, out):
+        with _threads_for(tok.size):
+            bad = self._score_kernel(x, x, None, h, maxid, (0,) * h, *self.__words, out)
+        if bad:
             _raise_bad_tokens(tok[None, :], None, max_token_id(vocab_size))
         return _from_numpy(np.ascontiguousarray(out[:, h]), to_torch)
 
