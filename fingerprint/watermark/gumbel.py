@@ -99,6 +99,12 @@ def _thresholds() -> np.ndarray:
 _THRESHOLDS = _thresholds()
 
 
+@nb.njit(inline="always")
+def _value(logit: float, u: float) -> float:
+    """A token's Gumbel-max value, ``logit - log(-log u)``, in float64."""
+    return logit - np.log(-np.log(u))
+
+
 @nb.njit(cache=True)
 def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
     """``argmax(logits - log(-log u))`` per row (float64), lowest index on ties.
@@ -124,7 +130,7 @@ def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
             gap = gap if gap > 0.0 else 0.0  # NaN (a NaN logit) reads as bin 0
             if u[b, v] < thr[int(gap if gap < last else last)]:
                 continue
-            val = lg - np.log(-np.log(u[b, v]))
+            val = _value(lg, u[b, v])
             if val > best:
                 best = val
                 best_i = v
@@ -164,7 +170,7 @@ def _sparse_choice(prf: PRF, logits: torch.Tensor, windows: torch.Tensor,
 def _sparse_kernel(rows: Any, cols: Any, lg: Any, u: Any, out: Any) -> None:
     best = np.full(out.shape[0], -np.inf)
     for i in range(rows.shape[0]):  # cols ascend within a row: ties keep the lowest index
-        val = lg[i] - np.log(-np.log(u[i]))
+        val = _value(lg[i], u[i])
         if val > best[rows[i]]:
             best[rows[i]] = val
             out[rows[i]] = cols[i]
