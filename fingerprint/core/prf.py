@@ -25,6 +25,7 @@ Two fused steps serve the watermark on CUDA (:meth:`PRF.fused_green_add` for KGW
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -121,6 +122,7 @@ class PRF(ABC):
         return cls.green_levels(gamma) / cls.levels
 
     @classmethod
+    @functools.lru_cache(maxsize=256)  # per PRF class and gamma: a pure function of both
     def green_levels(cls, gamma: float) -> int:
         """How many output levels give a uniform below ``gamma``: ``u < gamma`` (compared in
         the uniforms' dtype) holds exactly when the level is below this count."""
