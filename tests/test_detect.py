@@ -501,3 +501,31 @@ def test_score_into_a_given_buffer() -> None:
 
     with pytest.raises(ConfigError):
         prf.score(torch.from_numpy(x), 2, out=buf)
+
+
+def test_calibration_check_randomizes_the_discrete_binomial_pvalue() -> None:
+    """With few tuples the exact binomial p-value is discrete, so a KS test rejects it even under
+    H0; the calibration check's randomized p-value, P(X > g) + V P(X = g), is exactly uniform."""
+    from types import SimpleNamespace
+
+    from fingerprint import stats
+    from fingerprint.detect.calibrate import null_summary
+
+    cfg = DetectorConfig(scheme="kgw", gamma=0.25)
+    gamma = get_prf(cfg.prf, KEY, "kgw").green_probability(0.25)
+    rng = np.random.default_rng(7)
+    n = 12
+    greens = rng.binomial(n, gamma, 2000)
+    results = [SimpleNamespace(n_green=int(g), n_scored=n,
+                               log10_pvalue=stats.binomial_test(int(g), n, gamma).log10_pvalue)
+               for g in greens]
+    raw = stats.calibration_summary([10 ** r.log10_pvalue for r in results])
+    assert raw.ks_pvalue < 1e-6  # the exact p-value's steps
+    summary = null_summary(results, cfg, (0.01, 0.05), seed=3)
+    assert summary.ks_pvalue > 0.01 and summary.calibrated
+    # the same check on an anti-conservative test (one green too many) fails
+    shifted = [SimpleNamespace(n_green=min(n, r.n_green + 1), n_scored=n,
+                               log10_pvalue=stats.binomial_test(min(n, r.n_green + 1), n,
+                                                                gamma).log10_pvalue)
+               for r in results]
+    assert not null_summary(shifted, cfg, (0.01, 0.05), seed=3).calibrated

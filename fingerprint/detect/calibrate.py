@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 from tqdm.auto import tqdm
 
 from fingerprint import stats
@@ -121,11 +122,10 @@ def null_summary(results: Sequence[DetectionResult], config: DetectorConfig,
     pvals = np.array([stats.log10_to_pvalue(r.log10_pvalue) for r in results])
     if config.scheme == "kgw" and len(results):
         gamma = prf_class(config.prf).green_probability(config.gamma)
-        above = np.array([
-            0.0 if r.n_green is None or r.n_green >= r.n_scored
-            else stats.log10_to_pvalue(stats.binomial_test(r.n_green + 1, r.n_scored,
-                                                           gamma).log10_pvalue)
-            for r in results])
+        g = np.array([r.n_green or 0 for r in results])
+        n = np.array([r.n_scored for r in results])
+        # P(X > g) = P(X >= g) - P(X = g): float64 is plenty for a uniformity check
+        above = np.clip(pvals - scipy.stats.binom.pmf(g, n, gamma), 0.0, 1.0)
         v = np.random.default_rng(None if seed is None else [seed, 0x9A11]).random(len(results))
         pvals = np.clip(above + v * (pvals - above), 0.0, 1.0)
     return stats.calibration_summary(pvals, alphas=tuple(alphas))
