@@ -140,7 +140,8 @@ def test_swept_inserts_keep_first_occurrences(monkeypatch, sweep_from, wide) -> 
     for n, distinct in ((30_000, 20_000), (120_000, 200_000), (60_000, 40), (80_000, 100_000)):
         v = rng.integers(0, distinct, n).astype(np.uint64)
         if wide:  # 128-bit keys
-            hi, lo = v * np.uint64(0x9E3779B97F4A7C15), v ^ np.uint64(2**63 + 12345)
+            table = np.random.default_rng(distinct).integers(0, 2**63, (distinct, 2))
+            hi, lo = table[v.astype(np.int64)].astype(np.uint64).T.copy()
         else:  # 16-bit packed keys
             hi, lo = tuple_keys(v.astype(np.int64) % 3000, 2)
             hi, lo = hi.ravel(), lo.ravel()
@@ -529,3 +530,32 @@ def test_calibration_check_randomizes_the_discrete_binomial_pvalue() -> None:
                                                                 gamma).log10_pvalue)
                for r in results]
     assert not null_summary(shifted, cfg, (0.01, 0.05), seed=3).calibrated
+
+
+def test_tuple_keys_into_reused_buffers() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 1000, (3, 50))
+    mask = rng.random(x.shape) < 0.9
+    out = (np.full(x.shape, 7, dtype=np.uint64), np.full(x.shape, 9, dtype=np.uint64))
+    for h, with_token in ((1, True), (2, False), (5, True)):
+        ref = tuple_keys(x, h, with_token=with_token, mask=mask)
+        got = tuple_keys(x, h, with_token=with_token, mask=mask, out=out)
+        assert got[0] is out[0] and got[1] is out[1]
+        assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    for bad in ((out[0][:, :10], out[1]), (out[0].astype(np.int64), out[1]),
+                (np.asfortranarray(out[0]), out[1])):
+        with pytest.raises(ShapeError):
+            tuple_keys(x, 2, out=bad)
+
+
+def test_one_large_call_grows_each_sub_table_once() -> None:
+    """Sizing growth for the whole call (not only its first batch) keeps results exact."""
+    rng = np.random.default_rng(9)
+    v = rng.integers(0, 6_000_000, 9_000_000)
+    ids = rng.integers(0, 2**63, (6_000_000, 2), dtype=np.int64).astype(np.uint64)
+    hi, lo = ids[v, 0], ids[v, 1]
+    s = TupleSet()
+    new = s.add(hi, lo)
+    _, first = np.unique(v, return_index=True)
+    assert np.array_equal(np.nonzero(new)[0], np.sort(first))
+    assert len(s) == first.size and s.contains(hi, lo).all()

@@ -178,6 +178,7 @@ def tuple_keys(
     with_token: bool = True,
     mask: np.ndarray | None = None,
     candidates: np.ndarray | None = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """128-bit keys (hi, lo) [B, T] identifying each position's (window, token) or window alone.
 
@@ -185,6 +186,8 @@ def tuple_keys(
     window convention of this module. Up to four 32-bit words (``h + 1 <= 4`` with the token,
     ``h <= 4`` without) are packed as they are, so equality is exact; longer tuples are hashed to
     128 bits, where two different tuples collide with probability about ``2**-128`` per pair.
+    ``out``: two C-contiguous uint64 arrays of the tokens' [B, T] shape to write into (a caller
+    scoring batch after batch reuses them, sparing fresh memory's page faults).
     """
     h = check_context_width(context_width)
     x = as_token_matrix(tokens)
@@ -194,8 +197,15 @@ def tuple_keys(
         valid = valid[None, :]
     if cand.shape != x.shape or (valid is not None and valid.shape != x.shape):
         raise ShapeError("tokens, candidates and mask must have the same shape")
-    hi = np.empty(x.shape, dtype=np.uint64)
-    lo = np.empty(x.shape, dtype=np.uint64)
+    if out is None:
+        hi = np.empty(x.shape, dtype=np.uint64)
+        lo = np.empty(x.shape, dtype=np.uint64)
+    else:
+        hi, lo = out
+        for a in (hi, lo):
+            if (not isinstance(a, np.ndarray) or a.shape != x.shape or a.dtype != np.uint64
+                    or not a.flags.c_contiguous):
+                raise ShapeError(f"out must be two C-contiguous uint64 arrays of shape {x.shape}")
     _tuple_keys_kernel(x, cand, valid, (0,) * h, with_token, hi, lo)
     return hi, lo
 

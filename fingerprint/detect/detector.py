@@ -197,9 +197,12 @@ class Detector:
         cfg = self.config
         x = np.asarray(tokens)
         x = x[None, :] if x.ndim == 1 else x
+        keys = None if cfg.dedup == "none" else (self._buffer(3, x.shape, np.uint64),
+                                                 self._buffer(4, x.shape, np.uint64))
         sel = select_positions(
             x, cfg.h, mask=mask, score_from=score_from, dedup=cfg.dedup, seen=state.seen,
-            candidates=candidates, skip_prompt_windows=cfg.skip_prompt_windows, exclude=exclude)
+            candidates=candidates, skip_prompt_windows=cfg.skip_prompt_windows, exclude=exclude,
+            keys_out=keys)
         candidates_sel = None if candidates is None else np.asarray(candidates)
         values = self._values(x, mask, candidates_sel, vocab_size, scratch=not return_values)
         n_pos = count_candidates(x, mask, score_from)

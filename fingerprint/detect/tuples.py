@@ -510,16 +510,18 @@ class TupleSet:
                 stopped = np.nonzero(resume < starts[1:])[0]
                 if not stopped.size:
                     break
-                self._grow_parts(stopped, before, starts, resume)
+                later = max(0, hi.shape[0] - i0 - step)  # keys of this call's later batches
+                self._grow_parts(stopped, before, starts, resume, later)
         return new
 
     def _grow_parts(self, parts: np.ndarray, before: np.ndarray, starts: np.ndarray,
-                    resume: np.ndarray) -> None:
-        """Grow full sub-tables to hold what is left of this batch at the rate seen so far."""
+                    resume: np.ndarray, later: int = 0) -> None:
+        """Grow full sub-tables to hold what is left of this call at the rate seen so far: the
+        rest of this batch, and each sub-table's expected share of the ``later`` keys."""
         done = resume[parts] - starts[parts]
         fresh = self._counts[parts] - before[parts]
         rate = (fresh + 1) / (done + 1)
-        left = starts[parts + 1] - resume[parts]
+        left = starts[parts + 1] - resume[parts] + later // _PARTS
         cap = self._caps[parts]
         # mostly new keys: double (amortized O(1) moves per key); mostly repeats: half again
         grown = (cap * np.where(rate > 0.5, 2.0, 1.5)).astype(np.int64)
@@ -591,6 +593,7 @@ def select_positions(
     candidates: np.ndarray | None = None,
     skip_prompt_windows: bool = False,
     exclude: np.ndarray | None = None,
+    keys_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The positions of ``tokens`` [B, T] to score: a bool [B, T] mask.
 
@@ -600,6 +603,7 @@ def select_positions(
     * ``skip_prompt_windows`` also drops completion positions whose window occurs in the prompt
       (text copied from the prompt carries the prompt's provenance, not the model's).
     * ``exclude`` [B, T] drops more positions (their tokens still feed windows).
+    * ``keys_out``: scratch for the dedup keys, as :func:`tuple_keys`' ``out``.
     """
     check_dedup(dedup)
     x = np.asarray(tokens)
@@ -624,7 +628,7 @@ def select_positions(
     if dedup == "none":
         return sel
     hi, lo = tuple_keys(x, context_width, with_token=dedup == "tuple", mask=mask,
-                        candidates=candidates)
+                        candidates=candidates, out=keys_out)
     store = seen if seen is not None else TupleSet()
     if sel.all():  # the common case (no padding, no prompt): no gathered copies
         return store.add(hi, lo).reshape(x.shape)
