@@ -559,3 +559,19 @@ def test_one_large_call_grows_each_sub_table_once() -> None:
     _, first = np.unique(v, return_index=True)
     assert np.array_equal(np.nonzero(new)[0], np.sort(first))
     assert len(s) == first.size and s.contains(hi, lo).all()
+
+
+def test_set_hash_spreads_structured_keys() -> None:
+    """Keys with a simple relation between their words (here hi == lo * c, which a linear mix
+    maps to one value) must still spread over the sub-tables and slots."""
+    from fingerprint.detect.tuples import _hash
+
+    v = np.arange(1, 100_001, dtype=np.uint64)
+    for hi, lo in ((v * np.uint64(0x9E3779B97F4A7C15), v), (v << np.uint64(32), v),
+                   (v, np.zeros_like(v))):
+        keys = np.stack([hi, lo], axis=1)
+        z = np.array([_hash(keys, j) for j in range(0, 100_000, 10)], dtype=np.uint64)
+        assert np.unique(z & np.uint64(4095)).size > 3_600  # of 4,096 (3,740 expected)
+        assert np.unique(z >> np.uint64(32)).size > 9_990  # slot bits, 10,000 keys
+        s = TupleSet()
+        assert s.add(hi, lo).all() and len(s) == v.size
