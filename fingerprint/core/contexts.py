@@ -61,6 +61,14 @@ def check_integer_dtype(dtype: object, what: str) -> None:
         )
 
 
+def check_out(out: object, shape: tuple[int, ...], dtype: object) -> np.ndarray:
+    """A caller's output buffer, which must be a C-contiguous ``dtype`` array of ``shape``."""
+    if (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype
+            or not out.flags.c_contiguous):
+        raise ShapeError(f"out must be a C-contiguous {np.dtype(dtype)} array of shape {shape}")
+    return out
+
+
 def as_token_matrix(tokens: np.ndarray, what: str = "tokens") -> np.ndarray:
     """A C-contiguous int64 [B, T] view or copy of a 1-D or 2-D integer array."""
     arr = np.asarray(tokens)
@@ -201,11 +209,7 @@ def tuple_keys(
         hi = np.empty(x.shape, dtype=np.uint64)
         lo = np.empty(x.shape, dtype=np.uint64)
     else:
-        hi, lo = out
-        for a in (hi, lo):
-            if (not isinstance(a, np.ndarray) or a.shape != x.shape or a.dtype != np.uint64
-                    or not a.flags.c_contiguous):
-                raise ShapeError(f"out must be two C-contiguous uint64 arrays of shape {x.shape}")
+        hi, lo = (check_out(a, x.shape, np.uint64) for a in out)
     _tuple_keys_kernel(x, cand, valid, (0,) * h, with_token, hi, lo)
     return hi, lo
 
@@ -217,6 +221,7 @@ __all__ = [
     "as_token_matrix",
     "check_context_width",
     "check_integer_dtype",
+    "check_out",
     "max_token_id",
     "tuple_keys",
     "windows",

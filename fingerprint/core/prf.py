@@ -41,6 +41,7 @@ from fingerprint.core.contexts import (
     as_token_matrix,
     check_context_width,
     check_integer_dtype,
+    check_out,
     max_token_id,
 )
 from fingerprint.errors import BackendError, ConfigError, ShapeError, TokenIdError
@@ -172,10 +173,7 @@ class PRF(ABC):
             out = np.empty(x.shape, dtype=self.uniform_dtype)
         else:
             out = out[None, :] if isinstance(out, np.ndarray) and out.ndim == 1 else out
-            if (not isinstance(out, np.ndarray) or out.shape != x.shape
-                    or out.dtype != self.uniform_dtype or not out.flags.c_contiguous):
-                raise ShapeError(f"out must be a C-contiguous {np.dtype(self.uniform_dtype)} "
-                                 f"array of shape {x.shape}")
+            out = check_out(out, x.shape, self.uniform_dtype)
         with _threads_for(out.size):
             bad = self._score_kernel(x, cand, valid, 0, maxid, (0,) * h, *self.__words, out)
         head = min(h, x.shape[1])

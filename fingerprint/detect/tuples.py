@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numba as nb
 import numpy as np
 
-from fingerprint.core.contexts import tuple_keys
+from fingerprint.core.contexts import _fmix, tuple_keys
 from fingerprint.errors import ConfigError
 
 DedupPolicy = Literal["none", "context", "tuple"]
@@ -37,20 +37,11 @@ def check_dedup(policy: str) -> str:
 
 
 @nb.njit(inline="always")
-def _fmix64(z: np.uint64) -> np.uint64:
-    z ^= z >> np.uint64(33)
-    z *= np.uint64(0xFF51AFD7ED558CCD)
-    z ^= z >> np.uint64(33)
-    z *= np.uint64(0xC4CEB9FE1A85EC53)
-    return z ^ (z >> np.uint64(33))
-
-
-@nb.njit(inline="always")
 def _mix(hi: np.uint64, lo: np.uint64) -> np.uint64:
     """The 64-bit hash of a key: non-linear in both words, so that no simple relation between
     them (such as ``hi == lo * c``) makes many keys collide. For one-word keys ``lo`` is a
     constant and its mix folds away."""
-    return _fmix64(hi ^ _fmix64(lo ^ np.uint64(0x9E3779B97F4A7C15)))
+    return _fmix(hi ^ _fmix(lo ^ np.uint64(0x9E3779B97F4A7C15)))
 
 
 # -- key layouts: 128-bit keys stored in one word when they fit exactly --------------------------
