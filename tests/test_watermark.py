@@ -490,12 +490,13 @@ def _every_token_valued(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", ["normal", "flat", "masked", "near_one", "near_zero", "ties",
-                                  "wide", "peaked", "inf"])
+                                  "wide", "peaked", "inf", "nan"])
 def test_pruned_cpu_choice_values_every_possible_winner(case) -> None:
     """The float64 CPU choice skips tokens that cannot win: it must equal valuing them all."""
     from fingerprint.watermark.gumbel import _pruned_choice
 
-    cases = ["normal", "flat", "masked", "near_one", "near_zero", "ties", "wide", "peaked", "inf"]
+    cases = ["normal", "flat", "masked", "near_one", "near_zero", "ties", "wide", "peaked", "inf",
+             "nan"]
     gen = torch.Generator().manual_seed(300 + cases.index(case))
     b, v = 64, 5000
     logits = torch.randn(b, v, generator=gen) * 2
@@ -522,13 +523,73 @@ def test_pruned_cpu_choice_values_every_possible_winner(case) -> None:
     elif case == "inf":
         logits[:, 99] = torch.inf
         logits[:, 3000] = torch.inf
+    elif case == "nan":  # a NaN value never wins; a row of NaN gives index 0
+        logits[:, ::3] = torch.nan
+        logits[1] = torch.nan
     got = _pruned_choice(logits, u)
     assert torch.equal(got, torch.from_numpy(_every_token_valued(logits.double().numpy(),
                                                                  u.numpy())))
-    if case not in ("ties", "inf", "masked"):  # where torch's log has no exact ties to break
+    if case == "nan":
+        assert got[1] == 0 and (got[2:] % 3 != 0).all()
+    if case not in ("ties", "inf", "masked", "nan"):  # where torch's log has no exact ties
         assert torch.equal(got, gumbel_argmax(logits, u.clone()))
     if case == "inf":
         assert (got == 99).all()
+
+
+FUSED_CASES = ["normal", "flat", "masked", "wide", "peaked", "inf", "nan", "no_finite", "huge",
+               "float64", "bfloat16", "short_row", "odd_width"]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+@pytest.mark.parametrize("h", [1, 2, 3, 4])
+def test_fused_cpu_choice_values_every_possible_winner(case: str, h: int) -> None:
+    """The CPU Gumbel step computes each row's uniforms in the core's cache and screens its
+    tokens in blocks: its choice must equal valuing every token of the full row."""
+    from fingerprint.watermark.gumbel import _pruned_choice
+
+    prf = get_prf("siphash24-v1", KEY, "gumbel")
+    gen = torch.Generator().manual_seed(17 * FUSED_CASES.index(case) + h)
+    b, v = 6, {"short_row": 37, "odd_width": 1000 + 3}.get(case, 50_000)
+    logits = torch.randn(b, v, generator=gen) * 3
+    if case == "flat":
+        logits[:] = 0.0
+    elif case == "masked":  # a top-k-like mask, with one row of nothing finite
+        logits[:, torch.randperm(v, generator=gen)[: v - 2000]] = -torch.inf
+        logits[0] = -torch.inf
+    elif case == "wide":
+        logits = logits * 20
+    elif case == "peaked":  # two equal leaders far apart, a tail 25-35 nats below them
+        logits = -35 + torch.rand(b, v, generator=gen) * 10
+        logits[:, 17] = logits[:, 40_000] = 0.0
+    elif case == "inf":
+        logits[:, 99] = logits[:, 30_000] = torch.inf
+        logits[1, 99] = 0.0  # here the later +inf wins
+    elif case == "nan":
+        logits[:, ::5] = torch.nan
+        logits[2] = torch.nan
+    elif case == "no_finite":
+        logits[:] = -torch.inf
+    elif case == "huge":
+        logits = logits * 1e4
+    elif case == "float64":
+        logits = logits.double()
+    elif case == "bfloat16":
+        logits = logits.to(torch.bfloat16)
+    windows = torch.randint(-1, v, (b, h), generator=gen)
+    got = prf.fused_gumbel_argmax(windows, logits)
+    u = prf.row(windows, v)
+    want = torch.from_numpy(_every_token_valued(logits.double().numpy(), u.numpy()))
+    assert got.dtype == torch.int64 and torch.equal(got, want)
+    assert torch.equal(_pruned_choice(logits, u), want)
+    if case == "inf":
+        assert got[0] == 99 and got[1] == 30_000
+    if case in ("no_finite", "nan"):
+        assert got[0 if case == "no_finite" else 2] == 0
+    if case == "peaked":  # the noise, not the index, decides between the equal leaders
+        assert set(got.tolist()) == {17, 40_000}
+    proc = GumbelLogitsProcessor(KEY, h, check_placement=False)
+    assert torch.equal(proc.choose(logits, windows), got)  # the processor takes this path
 
 
 def test_sparse_choice_after_top_k_equals_the_dense_one() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from fingerprint.core import gumbel_max as gm
 from fingerprint.core.prf import PRF, register_prf
 from fingerprint.keys import KeyPurpose, WatermarkKey
 
@@ -131,29 +132,55 @@ def _score_kernel(x: Any, cand: Any, valid: Any, first: int, maxid: int, hspec: 
     return bad
 
 
+@nb.njit(inline="always")
+def _absorb(ctx: Any, b: int, h: int, k0: Any, k1: Any) -> tuple:
+    """The state after the whole-word pairs of window ``ctx[b]``, and its pending last word."""
+    v0, v1, v2, v3 = k0 ^ _C0, k1 ^ _C1, k0 ^ _C2, k1 ^ _C3
+    for j in range(h // 2):
+        m = (U64(ctx[b, 2 * j]) & _M32) | ((U64(ctx[b, 2 * j + 1]) & _M32) << U64(32))
+        v0, v1, v2, v3 = _compress(v0, v1, v2, v3, m)
+    return v0, v1, v2, v3, U64(ctx[b, h - 1]) & _M32
+
+
+@nb.njit(inline="always")
+def _row_values(state: tuple, h: int, t0: int, out: Any) -> None:
+    """``out[j]`` = the value of token ``t0 + j``, after ``_absorb``."""
+    v0, v1, v2, v3, pending = state
+    length_byte = U64((4 * (h + 1)) & 0xFF) << U64(56)
+    for j in range(out.shape[0]):  # local indices: proven in range, so the loop vectorizes
+        t = t0 + j
+        if h % 2:
+            w0, w1, w2, w3 = _compress(v0, v1, v2, v3, pending | (U64(t) << U64(32)))
+            w0, w1, w2, w3 = _compress(w0, w1, w2, w3, length_byte)
+        else:
+            w0, w1, w2, w3 = _compress(v0, v1, v2, v3, length_byte | U64(t))
+        out[j] = _to_uniform(_finalize(w0, w1, w2, w3))
+
+
 @nb.njit(parallel=True, cache=True)
 def _row_kernel(ctx: Any, hspec: tuple, k0: Any, k1: Any, out: Any) -> None:
     """Values of every token ``0..V-1`` after each window ``ctx[b]``; context absorbed once."""
     h = len(hspec)
-    length_byte = U64((4 * (h + 1)) & 0xFF) << U64(56)
     n_rows, n_vocab = out.shape
     n_seg = (n_vocab + SEGMENT - 1) // SEGMENT
     for item in nb.prange(n_rows * n_seg):
         b = item // n_seg
         t0 = (item % n_seg) * SEGMENT
-        t1 = min(n_vocab, t0 + SEGMENT)
-        v0, v1, v2, v3 = k0 ^ _C0, k1 ^ _C1, k0 ^ _C2, k1 ^ _C3
-        for j in range(h // 2):
-            m = (U64(ctx[b, 2 * j]) & _M32) | ((U64(ctx[b, 2 * j + 1]) & _M32) << U64(32))
-            v0, v1, v2, v3 = _compress(v0, v1, v2, v3, m)
-        pending = U64(ctx[b, h - 1]) & _M32
-        for t in range(t0, t1):
-            if h % 2:
-                w0, w1, w2, w3 = _compress(v0, v1, v2, v3, pending | (U64(t) << U64(32)))
-                w0, w1, w2, w3 = _compress(w0, w1, w2, w3, length_byte)
-            else:
-                w0, w1, w2, w3 = _compress(v0, v1, v2, v3, length_byte | U64(t))
-            out[b, t] = _to_uniform(_finalize(w0, w1, w2, w3))
+        _row_values(_absorb(ctx, b, h, k0, k1), h, t0, out[b, t0:min(n_vocab, t0 + SEGMENT)])
+
+
+@nb.njit(parallel=True, cache=True)
+def _gumbel_kernel(ctx: Any, hspec: tuple, k0: Any, k1: Any, logits: Any, lgi: Any, shift: int,
+                   mask: int, thr: Any, tops_i: Any, tops: Any, out: Any) -> None:
+    """The Gumbel-max choice of each row (:func:`fingerprint.core.gumbel_max.choose_row`), a
+    row per work item: its uniforms stay in the core's cache, and the choice runs in parallel.
+    The arguments after the key words are :func:`fingerprint.core.gumbel_max.scratch`'s."""
+    h = len(hspec)
+    n_rows, n_vocab = logits.shape
+    for b in nb.prange(n_rows):
+        u = np.empty(n_vocab)
+        _row_values(_absorb(ctx, b, h, k0, k1), h, 0, u)
+        out[b] = gm.choose_row(logits[b], lgi[b], shift, mask, u, thr, tops_i[b], tops[b])
 
 
 # -- the same algorithm as torch tensor ops (CUDA, or CPU when asked) ---------------------------
@@ -231,6 +258,7 @@ class SipHashPRF(PRF):
     _kind = 0  # fingerprint.core.triton_prf.SIPHASH
     _score_kernel = staticmethod(_score_kernel)
     _row_kernel = staticmethod(_row_kernel)
+    _gumbel_kernel = staticmethod(_gumbel_kernel)
 
     @classmethod
     def _torch_uniform(cls, windows: Any, tokens: Any, words: tuple[int, ...]) -> Any:

@@ -37,7 +37,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import LogitNormalization
 
-from fingerprint.core import DEFAULT_PRF, PRF, get_prf
+from fingerprint.core import DEFAULT_PRF, PRF, get_prf, gumbel_max
 from fingerprint.errors import ConfigError
 from fingerprint.keys import WatermarkKey
 from fingerprint.watermark.config import (
@@ -81,76 +81,24 @@ def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor, *,
     return best_idx
 
 
-# -- the CPU choice for float64 uniforms: value only the tokens that can win ---------------------
-_BINS_PER_NAT = 16
-_D_LO, _D_HI = -8.0, 40.0  # below: every token is a candidate; above: none can be
-_MARGIN = 1e-9  # nats: thresholds sit this much below the exact boundary
-
-
-def _thresholds() -> np.ndarray:
-    """``thr[k]``: the least uniform whose noise ``-log(-log u)`` reaches ``_D_LO + k / 16 -
-    _MARGIN``; a token whose value gap to the best lies in bin ``k`` needs at least that. Bin 0
-    holds every gap below ``_D_LO`` (threshold 0); the last, every gap from ``_D_HI`` up, which
-    no noise reaches (a float64 uniform below 1 gives at most about 37 nats)."""
-    d = _D_LO + np.arange(int((_D_HI - _D_LO) * _BINS_PER_NAT)) / _BINS_PER_NAT - _MARGIN
-    return np.append(np.exp(-np.exp(-d)), 2.0)  # the last bin: no uniform reaches it
-
-
-_THRESHOLDS = _thresholds()
-
-
-@nb.njit(inline="always")
-def _value(logit: float, u: float) -> float:
-    """A token's Gumbel-max value, ``logit - log(-log u)``, in float64."""
-    return logit - np.log(-np.log(u))
-
-
-@nb.njit(cache=True)
-def _choice_kernel(logits: Any, u: Any, thr: Any, out: Any) -> None:
-    """``argmax(logits - log(-log u))`` per row (float64), lowest index on ties.
-
-    Exact, without valuing most tokens. One pass keeps the best value so far; token ``v`` can
-    only reach it when its noise is at least ``best - logits[v]``, i.e. when ``u[v]`` is at
-    least ``exp(-exp(logits[v] - best))``. That bound is read from a table of thresholds at
-    1/16-nat steps, rounded down (and lowered by a margin far above rounding error), so no
-    possible winner is skipped, and only the few tokens that pass are valued. A token screened
-    out could not reach the best of its time, so not the final best either.
-    """
-    n_rows, n_vocab = u.shape
-    last = thr.shape[0] - 1.0
-    for b in range(n_rows):  # on the calling thread: waking a thread pool between the model's
-        # forward passes (whose own pool may still be spinning) costs more than this pass
-        best = -np.inf
-        best_i = 0
-        for v in range(n_vocab):
-            lg = np.float64(logits[b, v])
-            if lg == -np.inf:  # filtered out (top-k, top-p): it cannot win, nor tie first
-                continue
-            gap = (best - _D_LO - lg) * _BINS_PER_NAT
-            gap = gap if gap > 0.0 else 0.0  # NaN (a NaN logit) reads as bin 0
-            if u[b, v] < thr[int(gap if gap < last else last)]:
-                continue
-            val = _value(lg, u[b, v])
-            if val > best:
-                best = val
-                best_i = v
-                if best == np.inf:  # nothing later can beat it (a tie keeps the lower index)
-                    break
-        out[b] = best_i
-
-
+# -- the CPU choice for float64 uniforms (fingerprint.core.gumbel_max) -------------------------
 def _pruned_choice(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """:func:`gumbel_argmax` for float64 uniforms on the CPU, by :func:`_choice_kernel`."""
+    """:func:`gumbel_argmax` for float64 uniforms on the CPU, valuing only possible winners."""
     lg = logits.detach()
     if lg.dtype not in (torch.float32, torch.float64):
         lg = lg.float()  # 16-bit logits: exact in float32
-    lg = lg.contiguous().numpy()
-    out = np.empty(lg.shape[0], dtype=np.int64)
-    _choice_kernel(lg, uniforms.contiguous().numpy(), _THRESHOLDS, out)
-    return torch.from_numpy(out)
+    return torch.from_numpy(gumbel_max.dense_choice(lg.numpy(), uniforms.numpy()))
 
 
 _SPARSE_SHARE = 16  # value only the live tokens when at most 1/16 of them are live
+_PROBE_STRIDE = 16  # columns sampled to tell whether that is worth counting exactly
+
+
+def _mostly_masked(logits: torch.Tensor) -> bool:
+    """Whether a sample of the columns suggests that top-k / top-p left few tokens live (only
+    the speed depends on it: both choices are exact)."""
+    probe = logits[:, ::_PROBE_STRIDE]
+    return int((probe > -torch.inf).sum()) <= 2 * probe.numel() // _SPARSE_SHARE
 
 
 def _sparse_choice(prf: PRF, logits: torch.Tensor, windows: torch.Tensor,
@@ -170,7 +118,7 @@ def _sparse_choice(prf: PRF, logits: torch.Tensor, windows: torch.Tensor,
 def _sparse_kernel(rows: Any, cols: Any, lg: Any, u: Any, out: Any) -> None:
     best = np.full(out.shape[0], -np.inf)
     for i in range(rows.shape[0]):  # cols ascend within a row: ties keep the lowest index
-        val = _value(lg[i], u[i])
+        val = gumbel_max.value(lg[i], u[i])
         if val > best[rows[i]]:
             best[rows[i]] = val
             out[rows[i]] = cols[i]
@@ -273,14 +221,16 @@ class GumbelLogitsProcessor(LogitsProcessor):
     def choose(self, logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """The watermarked token [B] for processed ``logits`` [B, V] after ``windows`` [B, h]."""
         if not self._needs_clamp:
-            fused = self._prf.fused_gumbel_argmax(windows, logits)  # CUDA: one kernel
+            float64_cpu = (logits.device.type == "cpu"
+                           and type(self._prf).uniform_dtype is np.float64)
+            if float64_cpu and _mostly_masked(logits):  # after top-k / top-p
+                live = logits > -torch.inf
+                if int(live.sum()) <= logits.numel() // _SPARSE_SHARE:
+                    return _sparse_choice(self._prf, logits, windows, live)
+            fused = self._prf.fused_gumbel_argmax(windows, logits)  # CUDA, or float64 on CPU
             if fused is not None:
                 return fused
-            if logits.device.type == "cpu" and type(self._prf).uniform_dtype is np.float64:
-                live = logits > -torch.inf  # after top-k / top-p, most of the vocabulary is not
-                n_live = int(live.sum())
-                if n_live <= logits.numel() // _SPARSE_SHARE:
-                    return _sparse_choice(self._prf, logits, windows, live)
+            if float64_cpu:
                 return _pruned_choice(logits, self._prf.row(windows, logits.shape[-1]))
         return gumbel_argmax(logits, self._prf.row(windows, logits.shape[-1]),
                              clamp=self._needs_clamp)
