@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fingerprint.core import get_prf, windows
 from fingerprint.core.contexts import tuple_keys
 from fingerprint.detect.calibrate import ScoredBatch, calibrate, random_keys, results_under_keys
 from fingerprint.detect.detector import Detector, DetectorConfig
-from fingerprint.detect.tuples import TupleSet, first_in_row, in_row_set, select_positions
+from fingerprint.detect.tuples import (
+    TupleSet,
+    compact_keys,
+    expand_keys,
+    first_in_row,
+    in_row_set,
+    select_positions,
+)
 from fingerprint.errors import ConfigError, InputError, ShapeError
 from fingerprint.keys import WatermarkKey
 
@@ -94,6 +103,24 @@ def test_zero_key_is_a_normal_member() -> None:
     z = np.zeros(3, dtype=np.uint64)
     assert s.add(z, z).tolist() == [True, False, False]
     assert s.contains(z, z).all() and len(s) == 1
+
+
+@pytest.mark.parametrize("layout", ["p16", "hi"])
+def test_widening_keeps_the_key_stored_as_zero(layout: str) -> None:
+    """Each one-word layout stores one key as the word 0 (p16: the all-pad window; hi: the zero
+    key) in a flag beside the tables. Widening to 128 bits must carry it over: a context-dedup
+    corpus whose ids outgrow 16 bits once counted every sequence's first window twice."""
+    u = lambda *v: np.array(v, dtype=np.uint64)  # noqa: E731
+    pad = 2**64 - 1
+    stored_as_zero = (pad, pad) if layout == "p16" else (0, 0)
+    other = (5, 7) if layout == "p16" else (2**20, 0)
+    s = TupleSet()
+    assert s.add(u(stored_as_zero[0], other[0]), u(stored_as_zero[1], other[1])).all()
+    assert s.layout == layout
+    assert s.add(u(2**64 - 5), u(2**64 - 5))[0] and s.layout == "full"
+    assert s.contains(u(stored_as_zero[0]), u(stored_as_zero[1]))[0]
+    assert not s.add(u(stored_as_zero[0], other[0]), u(stored_as_zero[1], other[1])).any()
+    assert len(s) == 3
 
 
 @pytest.mark.parametrize("first_vocab,later_vocab,h", [
@@ -575,3 +602,32 @@ def test_set_hash_spreads_structured_keys() -> None:
         assert np.unique(z >> np.uint64(32)).size > 9_990  # slot bits, 10,000 keys
         s = TupleSet()
         assert s.add(hi, lo).all() and len(s) == v.size
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-1, 2**32 - 2), min_size=1, max_size=60), st.integers(1, 6),
+       st.booleans())
+def test_compact_keys_round_trip_and_keep_equality(ids: list[int], h: int,
+                                                   with_token: bool) -> None:
+    """One-word key layouts are exact: expanding gives the keys back, and two keys are equal in
+    one word exactly when they are equal in 128 bits."""
+    x = np.array(ids, dtype=np.int64)
+    x = np.concatenate([x, x[: len(x) // 2]])  # some repeated tuples
+    hi, lo = tuple_keys(x, h, with_token=with_token)
+    hi, lo = hi.ravel(), lo.ravel()
+    layout, words = compact_keys(hi, lo)
+    narrow = all(-1 <= i < 65_535 for i in ids) and (h + with_token) <= 4
+    if narrow:
+        assert layout == "p16"
+    if layout == "full":
+        assert words is None and not narrow
+        return
+    back_hi, back_lo = expand_keys(words, layout)
+    assert np.array_equal(back_hi, hi) and np.array_equal(back_lo, lo)
+    pairs = hi.astype(object) * 2**64 + lo.astype(object)
+    assert len(set(words.tolist())) == len(set(pairs.tolist()))
+
+
+def test_expand_keys_refuses_the_full_layout() -> None:
+    with pytest.raises(ValueError, match="one-word"):
+        expand_keys(np.zeros(3, dtype=np.uint64), "full")

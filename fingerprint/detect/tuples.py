@@ -119,12 +119,47 @@ def _p16_encode(hi: np.uint64, lo: np.uint64) -> np.uint64:
 
 
 @nb.njit(inline="always")
+def _p16_word(k: np.uint64, j: int) -> np.uint64:
+    f = (k >> np.uint64(16 * j)) & _M16  # field f = w + 1 (mod 2**16): 0 is the pad 0xFFFFFFFF
+    return np.uint64(0xFFFFFFFF) if f == 0 else f - _ONE
+
+
+@nb.njit(inline="always")
 def _p16_decode(k: np.uint64) -> tuple[np.uint64, np.uint64]:
-    ws = np.empty(4, dtype=np.uint64)
-    for j in range(4):  # field f = w + 1 (mod 2**16): f = 0 is the pad word 0xFFFFFFFF
-        f = (k >> np.uint64(16 * j)) & _M16
-        ws[j] = np.uint64(0xFFFFFFFF) if f == 0 else f - _ONE
-    return ws[0] | (ws[1] << np.uint64(32)), ws[2] | (ws[3] << np.uint64(32))
+    return (_p16_word(k, 0) | (_p16_word(k, 1) << np.uint64(32)),
+            _p16_word(k, 2) | (_p16_word(k, 3) << np.uint64(32)))
+
+
+@nb.njit(parallel=True, cache=True)
+def _decode(words, layout, hi, lo):
+    for i in nb.prange(words.shape[0]):
+        if layout == _P16:
+            hi[i], lo[i] = _p16_decode(words[i])
+        else:
+            hi[i], lo[i] = words[i], np.uint64(0)
+
+
+def compact_keys(hi: np.ndarray, lo: np.ndarray) -> tuple[str, np.ndarray | None]:
+    """Keys in the narrowest exact one-word layout that holds them all: ``("p16" | "hi",
+    words [n] uint64)``, or ``("full", None)`` when some key needs both words. The map is
+    one-to-one on the keys it accepts; :func:`expand_keys` inverts it."""
+    hi = np.ascontiguousarray(hi, dtype=np.uint64).ravel()
+    lo = np.ascontiguousarray(lo, dtype=np.uint64).ravel()
+    layout = int(_best_layout(hi, lo)) if hi.shape[0] else _P16
+    if layout == _FULL:
+        return "full", None
+    return _LAYOUT_NAMES[layout], _encode(hi, lo, layout, np.empty((hi.shape[0], 1),
+                                                                   dtype=np.uint64)).ravel()
+
+
+def expand_keys(words: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 128-bit keys (hi, lo) of one-word keys in ``layout`` ("p16" or "hi")."""
+    if layout not in _LAYOUT_NAMES[:2]:
+        raise ValueError(f"one-word key layouts are 'p16' and 'hi', got {layout!r}")
+    words = np.ascontiguousarray(words, dtype=np.uint64).ravel()
+    hi, lo = np.empty_like(words), np.empty_like(words)
+    _decode(words, _LAYOUT_NAMES.index(layout), hi, lo)
+    return hi, lo
 
 
 @nb.njit(inline="always")
@@ -400,8 +435,11 @@ def _decode_all(tables, zero, layout, hi, lo):
     n = 0
     for p in range(len(tables)):
         t = tables[p]
-        if zero[p]:
-            hi[n], lo[n] = _p16_decode(np.uint64(0)) if layout == _P16 else (0, 0)
+        if zero[p]:  # the key stored as 0 (two typed branches: numba would unify
+            if layout == _P16:  # uint64 with int64 literals to float64, rounding the words)
+                hi[n], lo[n] = _p16_decode(np.uint64(0))
+            else:
+                hi[n], lo[n] = np.uint64(0), np.uint64(0)
             n += 1
         for s in range(t.shape[0]):
             if _is_empty(t, s):
@@ -635,5 +673,5 @@ def select_positions(
     return out
 
 
-__all__ = ["DEDUP_POLICIES", "DedupPolicy", "TupleSet", "check_dedup", "first_in_row", "in_row_set",
-           "select_positions"]
+__all__ = ["DEDUP_POLICIES", "DedupPolicy", "TupleSet", "check_dedup", "compact_keys",
+           "expand_keys", "first_in_row", "in_row_set", "select_positions"]
