@@ -301,6 +301,28 @@ def test_ray_matches_stream(ray_cluster: Any, corpus: list[Path], scheme: str,
     assert got.key_id == KEY.key_id
 
 
+@pytest.mark.parametrize("scheme", ["kgw", "gumbel"])
+def test_ray_mixed_key_layouts_match_stream(ray_cluster: Any, tmp_path: Path,
+                                            scheme: str) -> None:
+    """Chunks whose keys fit one word ship 8 bytes a key, others 16: a part holding both
+    must still find the repeats across them (the same tuples, from either kind of chunk)."""
+    from fingerprint.engines import detect_ray
+
+    rng = np.random.default_rng(11)
+    rows = _zipf_rows(rng, 60, 200, 400)
+    wide = [list(r) for r in rows]
+    for r in wide[::3]:  # ids past 16 bits: these chunks' keys need both words
+        r[len(r) // 2] = 70_000 + int(rng.integers(0, 2**30))
+    paths = [tmp_path / "narrow.parquet", tmp_path / "wide.parquet"]
+    pq.write_table(pa.table({"token_ids": rows}), paths[0], row_group_size=20)
+    pq.write_table(pa.table({"token_ids": wide}), paths[1], row_group_size=20)
+    cfg = DetectorConfig(scheme=scheme)
+    want, _ = detect_stream(paths, Detector(KEY, cfg), progress=False)
+    got, _ = detect_ray(paths, cfg, KEY, chunk_tokens=3_000, num_partitions=2)
+    _same(got, want)
+    assert want.n_scored < 0.6 * want.n_positions  # the two files share most tuples
+
+
 def test_ray_key_file_and_calibration(ray_cluster: Any, corpus: list[Path],
                                       tmp_path: Path) -> None:
     from fingerprint.engines import calibrate_ray, detect_ray

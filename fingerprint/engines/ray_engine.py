@@ -67,7 +67,7 @@ from fingerprint.detect.detector import (
     pack_batches,
 )
 from fingerprint.detect.normalize import NormalizeConfig
-from fingerprint.detect.tuples import _mix, select_positions
+from fingerprint.detect.tuples import _mix, compact_keys, expand_keys, select_positions
 from fingerprint.engines.stream import (
     CHUNK_TOKENS,
     GUMBEL_SCHEMES,
@@ -260,30 +260,47 @@ def _part_kernel(hi, lo, n_parts, out):
 
 
 def _part_of(hi: np.ndarray, lo: np.ndarray, n_parts: int) -> np.ndarray:
-    """Hash partition of keys, from bits of the mix that dedup tables do not use for slots."""
-    out = np.empty(hi.shape[0], dtype=np.int64)
+    """Hash partition of keys, from bits of the mix that dedup tables do not use for slots
+    (uint16: ``n_parts <= MAX_PARTS``, and numpy's stable argsort is a radix sort on it)."""
+    out = np.empty(hi.shape[0], dtype=np.uint16)
     _part_kernel(np.ascontiguousarray(hi), np.ascontiguousarray(lo), n_parts, out)
     return out
 
 
-def _parts_table(job: _Job, seq: int, n_pos: int, skipped: str, recs: dict[str, np.ndarray]
-                 ) -> Any:
+def _blobs(a: np.ndarray, bounds: np.ndarray) -> Any:
+    """Rows ``a[bounds[p]:bounds[p + 1]]`` as one large-binary array, without copying ``a``."""
     import pyarrow as pa
 
-    part = _part_of(recs["hi"], recs["lo"], job.n_parts)
-    order = np.argsort(part, kind="stable")
-    bounds = np.searchsorted(part[order], np.arange(job.n_parts + 1))
-    cols: dict[str, list[Any]] = {k: [] for k in recs}
-    for p in range(job.n_parts):
-        idx = order[bounds[p] : bounds[p + 1]]
-        for k, a in recs.items():
-            cols[k].append(np.ascontiguousarray(a[idx]).tobytes())
+    a = np.ascontiguousarray(a)
+    row_bytes = a.itemsize * (a.shape[1] if a.ndim > 1 else 1)
+    offsets = (bounds * row_bytes).astype(np.int64)
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(bounds) - 1,
+                                            [None, pa.py_buffer(offsets), pa.py_buffer(a)])
+
+
+def _parts_table(job: _Job, seq: int, n_pos: int, skipped: str, recs: dict[str, np.ndarray]
+                 ) -> Any:
+    """One row per part: its records' keys and payloads as byte strings. Keys travel in the
+    narrowest exact one-word layout the chunk's keys fit (8 bytes instead of 16 where ids are
+    below 65,535 and windows short), named in the row's ``layout``."""
+    import pyarrow as pa
+
     n = job.n_parts
+    part = _part_of(recs["hi"], recs["lo"], n)
+    order = np.argsort(part, kind="stable")
+    bounds = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(part, minlength=n), out=bounds[1:])
+    layout, words = compact_keys(recs["hi"], recs["lo"])
+    cols = {"hi": words, "lo": np.empty(0, dtype=_U64)} if words is not None else {}
+    cols.update((k, a) for k, a in recs.items() if k not in cols)
+    no_rows = np.zeros(n + 1, dtype=np.int64)
     data = {"part": pa.array(np.arange(n, dtype=np.int32)),
             "seq": pa.array(np.full(n, seq, dtype=np.int64)),
+            "layout": pa.array([layout] * n, type=pa.string()),
             "n_positions": pa.array([n_pos] + [0] * (n - 1), type=pa.int64()),
             "skipped": pa.array([skipped] + ["[]"] * (n - 1), type=pa.large_string())}
-    data.update({k: pa.array(v, type=pa.large_binary()) for k, v in cols.items()})
+    data.update({k: _blobs(a[order] if len(a) else a, bounds if len(a) else no_rows)
+                 for k, a in cols.items()})
     return pa.table(data)
 
 
@@ -327,17 +344,47 @@ class _DedupPart:
         job = self.job
         dets, _ = _worker_state(job)
         order = np.argsort(table.column("seq").to_numpy(), kind="stable")  # corpus order
+        table = table.take(order)
         recs: dict[str, np.ndarray] = {}
-        spec = {"hi": (_U64, 1), "lo": (_U64, 1), **job.payload()}
-        for name, (dtype, width) in spec.items():
-            blobs = table.column(name).to_pylist()
-            a = np.frombuffer(b"".join(blobs[i] for i in order), dtype=dtype)
+        for name, (dtype, width) in job.payload().items():
+            a = _concat_blobs(table.column(name), dtype)
             recs[name] = a.reshape(-1, width) if width > 1 else a
-        keep = first_occurrence(recs["hi"], recs["lo"])
+        keep = first_occurrence(*_part_keys(table))
         recs = {k: a[keep] for k, a in recs.items() if k not in ("hi", "lo")}
         n_pos = int(np.sum(table.column("n_positions").to_numpy()))
         skipped = [s for blob in table.column("skipped").to_pylist() for s in json.loads(blob)]
         return _stats_table(job, dets, n_pos, json.dumps(skipped), recs)
+
+
+def _concat_blobs(column: Any, dtype: Any) -> np.ndarray:
+    """A large-binary column's byte strings, in row order, as one array of ``dtype``."""
+    arr = column.combine_chunks()
+    if len(arr) == 0:
+        return np.empty(0, dtype=dtype)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    return raw[offsets[0]:offsets[-1]].view(dtype)
+
+
+def _part_keys(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A part's keys in row order, as dedup keys (hi, lo): one-word keys stay one word (with
+    ``lo`` zero) when every row shares a layout, and are expanded to 128 bits otherwise."""
+    layouts = table.column("layout").to_pylist()
+    if len(set(layouts)) == 1 and layouts[0] != "full":
+        words = _concat_blobs(table.column("hi"), _U64)
+        return words, np.zeros_like(words)
+    his, los = [], []
+    for r, layout in enumerate(layouts):
+        hi = _concat_blobs(table.column("hi").slice(r, 1), _U64)
+        if layout == "full":
+            his.append(hi)
+            los.append(_concat_blobs(table.column("lo").slice(r, 1), _U64))
+        else:
+            h, lo = expand_keys(hi, layout)
+            his.append(h)
+            los.append(lo)
+    return np.concatenate(his), np.concatenate(los)
 
 
 # -- driver ---------------------------------------------------------------------------------------
@@ -395,11 +442,15 @@ def _data_context(progress: bool, shuffle: str | None) -> Iterator[None]:
     from ray.data.context import ShuffleStrategy
 
     ctx = ray.data.DataContext.get_current()
-    before = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.shuffle_strategy)
+    before = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.shuffle_strategy,
+              ctx.op_resource_reservation_enabled)
     log = logging.getLogger("ray.data")
     level = log.level
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
+    # The dedup step starts only when every map task is done (the shuffle is a barrier), so
+    # CPUs that Ray Data would hold back for it while mapping would only sit idle.
+    ctx.op_resource_reservation_enabled = False
     if shuffle is not None:
         ctx.shuffle_strategy = ShuffleStrategy(shuffle)
     if not progress:
@@ -407,7 +458,8 @@ def _data_context(progress: bool, shuffle: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.shuffle_strategy = before
+        (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.shuffle_strategy,
+         ctx.op_resource_reservation_enabled) = before
         log.setLevel(level)
 
 
