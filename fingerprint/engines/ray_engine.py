@@ -405,11 +405,13 @@ def _run(job: _Job, units: list[Unit], paths_order: dict[str, int], *, num_cpus:
     if not units:
         return _Totals(0, 0, np.zeros(1, dtype=np.int64), [ExactSum()], [])
     with _data_context(progress, shuffle):  # before building: datasets copy the context
-        ds = ray.data.from_items([u.to_dict() for u in units], override_num_blocks=len(units))
+        n_tasks = _map_tasks(len(units), job.n_parts if job.dedup else None)
+        ds = ray.data.from_items([u.to_dict() for u in units], override_num_blocks=n_tasks)
         extra = {} if max_retries is None else {"max_retries": max_retries}
         with warnings.catch_warnings():  # task options without a named parameter in Ray Data
             warnings.simplefilter("ignore", DeprecationWarning)
-            ds = ds.map_batches(_ScoreUnits(job), batch_size=1, batch_format="numpy",
+            ds = ds.map_batches(_ScoreUnits(job), batch_size=-(-len(units) // n_tasks),
+                                batch_format="numpy",
                                 num_cpus=num_cpus, num_gpus=num_gpus or None, **extra)
             if job.dedup:
                 ds = ds.groupby("part", num_partitions=job.n_parts).map_groups(
@@ -433,6 +435,23 @@ def _run(job: _Job, units: list[Unit], paths_order: dict[str, int], *, num_cpus:
         totals.skipped += [Skipped(*s) for s in json.loads(r["skipped"])]
     totals.skipped.sort(key=lambda s: (paths_order.get(s.source, 0), s.row))
     return totals
+
+
+def _map_tasks(n_units: int, n_parts: int | None) -> int:
+    """How many scoring tasks share the read units.
+
+    Without dedup, one per unit. With it, the sort-based shuffle moves one object per (map
+    block, reduce block) pair, and it makes as many reduce blocks as there are map blocks, so
+    its cost grows with their square: 100 units made 10,000 objects and took longer than the
+    scoring itself. Units are therefore grouped into about as many tasks as there are parts
+    (at least four per CPU, for balance).
+    """
+    if n_parts is None:
+        return max(1, n_units)
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(n_units, max(n_parts, 4 * cpus)))
 
 
 @contextlib.contextmanager
