@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 from scipy import special
-from scipy import stats as _sps
 
 from fingerprint.errors import ConfigError, InputError
 
@@ -1054,6 +1053,8 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.99) -> tuple[float, fl
         raise InputError(f"k={k} exceeds n={n}.")
     if n == 0:
         return 0.0, 1.0
+    from scipy import stats as _sps  # here: importing scipy.stats costs most of a second
+
     tail = 0.5 * (1.0 - confidence)
     lo = 0.0 if k == 0 else float(_sps.beta.ppf(tail, k, n - k + 1))
     hi = 1.0 if k == n else float(_sps.beta.ppf(1.0 - tail, k + 1, n - k))
@@ -1076,6 +1077,8 @@ def ks_uniform(pvalues: Iterable[float]) -> tuple[float, float]:
     Null hypothesis: the p-values are iid Uniform(0, 1) (the test is calibrated). Note that
     the p-values of discrete tests (binomial) are only approximately uniform.
     """
+    from scipy import stats as _sps  # here: importing scipy.stats costs most of a second
+
     arr = _as_pvalues(pvalues)
     res = _sps.kstest(arr, "uniform")
     return float(res.statistic), float(res.pvalue)

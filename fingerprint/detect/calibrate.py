@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 from tqdm.auto import tqdm
 
 from fingerprint import stats
@@ -124,6 +123,8 @@ def null_summary(results: Sequence[DetectionResult], config: DetectorConfig,
         gamma = prf_class(config.prf).green_probability(config.gamma)
         g = np.array([r.n_green or 0 for r in results])
         n = np.array([r.n_scored for r in results])
+        import scipy.stats  # here: importing it costs most of a second, and workers never call this
+
         # P(X > g) = P(X >= g) - P(X = g): float64 is plenty for a uniformity check
         above = np.clip(pvals - scipy.stats.binom.pmf(g, n, gamma), 0.0, 1.0)
         v = np.random.default_rng(None if seed is None else [seed, 0x9A11]).random(len(results))
