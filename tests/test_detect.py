@@ -588,6 +588,26 @@ def test_one_large_call_grows_each_sub_table_once() -> None:
     assert len(s) == first.size and s.contains(hi, lo).all()
 
 
+def test_a_fresh_set_is_sized_for_its_first_call(monkeypatch) -> None:
+    """The first call on an empty set sizes each sub-table from its share of the keys (as if
+    all were new: load at most 5/8), so it never grows mid-call; later calls grow as usual."""
+    rng = np.random.default_rng(12)
+    hi = rng.integers(0, 2**63, 300_000, dtype=np.int64).astype(np.uint64)
+    lo = np.zeros_like(hi)
+    s = TupleSet()
+
+    def no_growth(*args, **kwargs):
+        raise AssertionError("a fresh set grew during its first call")
+
+    with monkeypatch.context() as m:
+        m.setattr(TupleSet, "_grow_parts", no_growth)
+        assert s.add(hi[:200_000], lo[:200_000]).all()
+    assert s.nbytes <= 8 * (1.6 * 200_000 + 2 * 4096)  # one word a slot
+    caps = s._caps.copy()
+    assert s.add(hi, lo).tolist() == [False] * 200_000 + [True] * 100_000
+    assert (s._caps >= caps).all() and (s._caps > caps).any() and len(s) == 300_000
+
+
 def test_set_hash_spreads_structured_keys() -> None:
     """Keys with a simple relation between their words (here hi == lo * c, which a linear mix
     maps to one value) must still spread over the sub-tables and slots."""

@@ -44,6 +44,9 @@ def _mix(hi: np.uint64, lo: np.uint64) -> np.uint64:
     return _fmix(hi ^ _fmix(lo ^ np.uint64(0x9E3779B97F4A7C15)))
 
 
+_WORD_LO = np.uint64(0x2545F4914F6CDD1D)  # the low word hashed with one-word keys
+
+
 # -- key layouts: 128-bit keys stored in one word when they fit exactly --------------------------
 # A 128-bit tuple key holds up to four 32-bit words (see ``tuple_keys``): w0, w1 in ``hi``, w2, w3
 # in ``lo``. Two one-word layouts are exact on the keys they accept:
@@ -92,14 +95,26 @@ def _fits(hi, lo, layout, out):
 
 
 @nb.njit(inline="always")
+def _word(hi, lo, layout):
+    """A key in a one-word layout (``_HI`` or ``_P16``)."""
+    return hi if layout == _HI else _p16_encode(hi, lo)
+
+
+@nb.njit(inline="always")
+def _key_hash(hi, lo, layout):
+    """:func:`_hash` of a key as it is stored in ``layout``."""
+    if layout == _FULL:
+        return _mix(hi, lo)
+    return _mix(_word(hi, lo, layout), _WORD_LO)
+
+
+@nb.njit(inline="always")
 def _encode_one(hi, lo, layout, out, j):
     if layout == _FULL:
         out[j, 0] = hi
         out[j, 1] = lo
-    elif layout == _HI:
-        out[j, 0] = hi
     else:
-        out[j, 0] = _p16_encode(hi, lo)
+        out[j, 0] = _word(hi, lo, layout)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -165,7 +180,7 @@ def expand_keys(words: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]
 @nb.njit(inline="always")
 def _hash(keys, j):
     if keys.shape[1] == 1:
-        return _mix(keys[j, 0], np.uint64(0x2545F4914F6CDD1D))
+        return _mix(keys[j, 0], _WORD_LO)
     return _mix(keys[j, 0], keys[j, 1])
 
 
@@ -211,10 +226,8 @@ def _partition(hi, lo, layout, k_sorted, origin, starts):
     parts = np.empty(n, dtype=np.uint16)
     counts = np.zeros((_CHUNKS, _PARTS), dtype=np.int64)
     for c in nb.prange(_CHUNKS):
-        one = np.empty((1, k_sorted.shape[1]), dtype=np.uint64)
         for i in range(c * per, min(n, (c + 1) * per)):
-            _encode_one(hi[i], lo[i], layout, one, 0)
-            p = np.uint16(_hash(one, 0) & np.uint64(_PARTS - 1))
+            p = np.uint16(_key_hash(hi[i], lo[i], layout) & np.uint64(_PARTS - 1))
             parts[i] = p
             counts[c, p] += 1
     fill = np.empty((_CHUNKS, _PARTS), dtype=np.int64)
@@ -288,6 +301,10 @@ def _insert(tables, zero, counts, keys, origin, starts, resume, new, sweep_from)
             resume[p] = _insert_swept(t, p, zero, counts, keys, origin, j0, end, new)
             continue
         limit = _limit(cap)
+        if keys.shape[1] == 1:  # flat views: simpler indexing than the general [slot, word]
+            resume[p], counts[p] = _insert_words(t.ravel(), keys.ravel(), origin, j0, end,
+                                                 zero, p, counts[p], limit, new)
+            continue
         count = counts[p]
         j = j0
         while j < end:
@@ -302,6 +319,36 @@ def _insert(tables, zero, counts, keys, origin, starts, resume, new, sweep_from)
             j += 1
         counts[p] = count
         resume[p] = j
+
+
+@nb.njit(inline="always")
+def _insert_words(t, k, origin, j, end, zero, p, count, limit, new):
+    """:func:`_insert`'s direct path for one-word keys; returns (where to resume, count)."""
+    cap = t.shape[0]
+    while j < end:
+        a = k[j]
+        if a == 0:
+            new[origin[j]] = not zero[p]
+            zero[p] = True
+        else:
+            s = _slot(_mix(a, _WORD_LO), cap)
+            while True:
+                v = t[s]
+                if v == a:
+                    new[origin[j]] = False
+                    break
+                if v == 0:
+                    if count >= limit:
+                        return j, count  # resume here once the sub-table has grown
+                    t[s] = a
+                    count += 1
+                    new[origin[j]] = True
+                    break
+                s += 1
+                if s == cap:
+                    s = 0
+        j += 1
+    return j, count
 
 
 @nb.njit(inline="always")
@@ -382,10 +429,10 @@ def _rehash(old, new):
 
 
 @nb.njit(cache=True)
-def _new_tables(cap, width):
+def _new_tables(caps, width):
     tables = nb.typed.List()
-    for _ in range(_PARTS):
-        tables.append(np.zeros((cap, width), dtype=np.uint64))
+    for p in range(_PARTS):
+        tables.append(np.zeros((caps[p], width), dtype=np.uint64))
     return tables
 
 
@@ -457,9 +504,11 @@ class TupleSet:
 
     The keys live in 4096 sub-tables (open addressing, load factor below 5/8), each grown on its
     own (doubled while most keys are new, by half again otherwise), so growing never holds two
-    copies of the whole set. Keys that fit exactly in 64 bits (small vocabularies or short
-    windows) are stored in one word: 8 bytes per slot instead of 16. Memory is therefore 13 to 26
-    bytes per distinct key in one word (about 16 typical), 26 to 51 in two.
+    copies of the whole set. An empty set sizes each sub-table for its share of its first call's
+    keys (as if all were new), so a one-shot detection never grows. Keys that fit exactly in 64
+    bits (small vocabularies or short windows) are stored in one word: 8 bytes per slot instead
+    of 16. Memory is therefore 13 to 26 bytes per distinct key in one word (about 16 typical),
+    26 to 51 in two.
     """
 
     _INITIAL_CAP = 8
@@ -471,9 +520,11 @@ class TupleSet:
         self._counts = np.zeros(_PARTS, dtype=np.int64)
         self._tables: Any = None
 
-    def _make_tables(self, width: int) -> None:
-        self._tables = _new_tables(self._INITIAL_CAP, width)
-        self._caps = np.full(_PARTS, self._INITIAL_CAP, dtype=np.int64)
+    def _make_tables(self, width: int, caps: np.ndarray | None = None) -> None:
+        if caps is None:
+            caps = np.full(_PARTS, self._INITIAL_CAP, dtype=np.int64)
+        self._tables = _new_tables(caps, width)
+        self._caps = caps
 
     def __len__(self) -> int:
         return int(self._counts.sum() + self._zero.sum())
@@ -538,6 +589,11 @@ class TupleSet:
             origin = np.empty(b_hi.shape[0], dtype=np.int32)  # batches < 2**31 keys
             starts = np.empty(_PARTS + 1, dtype=np.int64)
             _partition(b_hi, b_lo, self._layout, k_sorted, origin, starts)
+            if not len(self) and self._caps.max() == self._INITIAL_CAP:  # a fresh set: size
+                # each sub-table for its share of the whole call, as if every key were new
+                share = np.diff(starts) * (hi.shape[0] / b_hi.shape[0])
+                caps = np.maximum(self._INITIAL_CAP, np.ceil(share * 8 / 5) + 1).astype(np.int64)
+                self._make_tables(k_sorted.shape[1], caps)
             resume = starts[:-1].copy()
             before = self._counts.copy()
             while True:
