@@ -8,7 +8,10 @@ row groups of ``--group-rows`` rows), written once to ``--dir`` and reused. Each
 own process, so its peak memory is its own: the in-process engine's peak RSS (VmHWM), and for
 Ray the peak of the summed PSS of the driver and every Ray process it started (workers, raylet,
 GCS; PSS counts the shared object store once). Throughput is scored tokens per second of wall
-time; Ray's is given with and without starting the cluster. Both results must be identical.
+time; Ray's is given with and without starting the cluster. Each engine runs the job twice in
+its process (Ray: on the same cluster): the first run includes one-time costs (loading the
+kernels; for Ray also starting worker processes and Ray Data's own actors), the second is the
+steady state of a long-lived process or cluster. All results must be identical.
 """
 
 from __future__ import annotations
@@ -126,6 +129,10 @@ def run_stream(path: Path, scheme: str, chunk_tokens: int) -> dict[str, Any]:
     out = _summary(r, n_tokens, time.perf_counter() - t0)
     out["peak_bytes"] = proc_field_bytes("/proc/self/status", "VmHWM") or 0
     out["dedup_set_bytes"] = states[0].seen.nbytes if states else 0
+    t1 = time.perf_counter()  # again, with the kernels loaded: the steady state
+    again, _ = detect_stream([path], det, chunk_tokens=chunk_tokens, progress=False)
+    out["again_seconds"] = time.perf_counter() - t1
+    out["again_same"] = again == r
     return out
 
 
@@ -148,10 +155,16 @@ def run_ray(path: Path, scheme: str, chunk_tokens: int, num_cpus: int) -> dict[s
         r, _ = detect_ray([path], DetectorConfig(scheme=scheme), WatermarkKey(bytes(range(32))),
                           chunk_tokens=chunk_tokens)
         t2 = time.perf_counter()
+        # again on the same cluster: worker processes and Ray Data's own actors are up
+        again, _ = detect_ray([path], DetectorConfig(scheme=scheme),
+                              WatermarkKey(bytes(range(32))), chunk_tokens=chunk_tokens)
+        t3 = time.perf_counter()
     ray.shutdown()
     out = _summary(r, n_tokens, t2 - t1)
     out["startup_seconds"] = t1 - t0
     out["peak_bytes"] = sampler.peak
+    out["again_seconds"] = t3 - t2
+    out["again_same"] = again == r
     return out
 
 
@@ -217,7 +230,9 @@ def main() -> int:
     for engine in args.engines.split(","):
         res[engine] = r = _child(engine, args, path)
         rate = r["tokens"] / r["seconds"]
+        again = r["tokens"] / r["again_seconds"]
         line = (f"{engine:<7} {r['seconds']:8.1f} s  {rate / 1e6:7.2f} M tok/s  "
+                f"(second run {r['again_seconds']:.1f} s  {again / 1e6:.2f} M tok/s)  "
                 f"peak {r['peak_bytes'] / 2**30:6.2f} GiB")
         if engine == "stream":
             line += f"  (dedup set {r['dedup_set_bytes'] / 2**30:.2f} GiB)"
@@ -232,12 +247,16 @@ def main() -> int:
     if "stream" in res and "ray" in res:
         keys = ("n_positions", "n_scored", "n_green", "score_sum", "statistic", "log10_pvalue",
                 "pvalue")
-        same = all(res["stream"][k] == res["ray"][k] for k in keys)
-        frac = (res["ray"]["tokens"] / res["ray"]["seconds"]) / (
-            res["stream"]["tokens"] / res["stream"]["seconds"])
-        print(f"identical results: {'yes' if same else 'NO'}")
-        print(f"target Ray >= {TARGET_RAY_FRACTION:.0%} of in-process throughput: {frac:.0%} "
-              f"{'met' if frac >= TARGET_RAY_FRACTION else 'NOT met'}")
+        same = all(res["stream"][k] == res["ray"][k] for k in keys) and all(
+            res[e]["again_same"] for e in ("stream", "ray"))
+        print(f"identical results (both engines, both runs): {'yes' if same else 'NO'}")
+        for label, key in (("first runs", "seconds"), ("second runs", "again_seconds")):
+            frac = res["stream"][key] / res["ray"][key]  # same corpus: a ratio of throughputs
+            print(f"target Ray >= {TARGET_RAY_FRACTION:.0%} of in-process throughput, {label}: "
+                  f"{frac:.0%} {'met' if frac >= TARGET_RAY_FRACTION else 'NOT met'}")
+        print("first runs: Ray's includes starting its worker processes (imports, kernels) and "
+              "Ray Data's own actors; the in-process run imports before its clock starts but "
+              "loads its kernels inside it. Second runs: both warm.")
         ok = same
     if "stream" in res:
         peak = res["stream"]["peak_bytes"]
