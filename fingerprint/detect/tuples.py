@@ -322,6 +322,24 @@ def _insert(tables, zero, counts, keys, origin, starts, resume, new, sweep_from)
 
 
 @nb.njit(inline="always")
+def _place_word(t, a, s, count, limit):
+    """:func:`_place` for a one-word key ``a`` in a flat table ``t``."""
+    cap = t.shape[0]
+    while True:
+        v = t[s]
+        if v == a:
+            return _FOUND, count
+        if v == 0:
+            if count >= limit:
+                return _FULL_TABLE, count
+            t[s] = a
+            return _ADDED, count + 1
+        s += 1
+        if s == cap:
+            s = 0
+
+
+@nb.njit(inline="always")
 def _insert_words(t, k, origin, j, end, zero, p, count, limit, new):
     """:func:`_insert`'s direct path for one-word keys; returns (where to resume, count)."""
     cap = t.shape[0]
@@ -331,22 +349,10 @@ def _insert_words(t, k, origin, j, end, zero, p, count, limit, new):
             new[origin[j]] = not zero[p]
             zero[p] = True
         else:
-            s = _slot(_mix(a, _WORD_LO), cap)
-            while True:
-                v = t[s]
-                if v == a:
-                    new[origin[j]] = False
-                    break
-                if v == 0:
-                    if count >= limit:
-                        return j, count  # resume here once the sub-table has grown
-                    t[s] = a
-                    count += 1
-                    new[origin[j]] = True
-                    break
-                s += 1
-                if s == cap:
-                    s = 0
+            status, count = _place_word(t, a, _slot(_mix(a, _WORD_LO), cap), count, limit)
+            if status == _FULL_TABLE:
+                return j, count  # resume here once the sub-table has grown
+            new[origin[j]] = status == _ADDED
         j += 1
     return j, count
 
@@ -364,6 +370,7 @@ def _insert_swept(t, p, zero, counts, keys, origin, j0, end, new):
     done = np.zeros(m, dtype=np.bool_)
     count = counts[p]
     full = False
+    flat, words = t.ravel(), keys.ravel()  # used for one-word keys: simpler indexing
     for r in range(m):
         i = order[r]
         j = j0 + i
@@ -371,7 +378,10 @@ def _insert_swept(t, p, zero, counts, keys, origin, j0, end, new):
             new[origin[j]] = not zero[p]
             zero[p] = True
         else:
-            status, count = _place(t, keys, j, home[i], count, limit)
+            if keys.shape[1] == 1:
+                status, count = _place_word(flat, words[j], home[i], count, limit)
+            else:
+                status, count = _place(t, keys, j, home[i], count, limit)
             if status == _FULL_TABLE:
                 full = True
                 break
