@@ -67,19 +67,15 @@ def _p16_ok(hi: np.uint64, lo: np.uint64) -> bool:
         and (((lo & m) + _ONE) & m) <= _M16 and (((lo >> np.uint64(32)) + _ONE) & m) <= _M16
 
 
-@nb.njit(cache=True)
+@nb.njit(parallel=True, cache=True)
 def _best_layout(hi, lo):
     """The narrowest layout that holds every key: ``_P16``, ``_HI`` or ``_FULL``."""
-    all_p16 = True
-    all_lo0 = True
-    for i in range(hi.shape[0]):
-        if all_p16 and not _p16_ok(hi[i], lo[i]):
-            all_p16 = False
-        if lo[i] != 0:
-            all_lo0 = False
-            if not all_p16:
-                return _FULL
-    return _P16 if all_p16 else (_HI if all_lo0 else _FULL)
+    not_p16 = 0
+    lo_used = 0
+    for i in nb.prange(hi.shape[0]):  # counted in parallel (reductions), no early exit
+        not_p16 += 0 if _p16_ok(hi[i], lo[i]) else 1
+        lo_used += 1 if lo[i] != 0 else 0
+    return _P16 if not_p16 == 0 else (_HI if lo_used == 0 else _FULL)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -530,9 +526,7 @@ class TupleSet:
         self._counts = np.zeros(_PARTS, dtype=np.int64)
         self._tables: Any = None
 
-    def _make_tables(self, width: int, caps: np.ndarray | None = None) -> None:
-        if caps is None:
-            caps = np.full(_PARTS, self._INITIAL_CAP, dtype=np.int64)
+    def _make_tables(self, width: int, caps: np.ndarray) -> None:
         self._tables = _new_tables(caps, width)
         self._caps = caps
 
@@ -558,9 +552,8 @@ class TupleSet:
 
     def _fit(self, hi: np.ndarray, lo: np.ndarray) -> None:
         """Choose the layout, or widen it to 128 bits once a key does not fit."""
-        if self._layout is None:
+        if self._tables is None:  # nothing stored yet: the tables come with the first insert
             self._layout = int(_best_layout(hi, lo))
-            self._make_tables(2 if self._layout == _FULL else 1)
             return
         if self._layout == _FULL or self._fitting(hi, lo).all():
             return
@@ -570,7 +563,7 @@ class TupleSet:
         self._zero[:] = False
         self._counts[:] = 0
         self._layout = _FULL
-        self._make_tables(2)
+        self._tables = None
         self._insert(old_hi, old_lo)
 
     def _fitting(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -599,8 +592,8 @@ class TupleSet:
             origin = np.empty(b_hi.shape[0], dtype=np.int32)  # batches < 2**31 keys
             starts = np.empty(_PARTS + 1, dtype=np.int64)
             _partition(b_hi, b_lo, self._layout, k_sorted, origin, starts)
-            if not len(self) and self._caps.max() == self._INITIAL_CAP:  # a fresh set: size
-                # each sub-table for its share of the whole call, as if every key were new
+            if self._tables is None:  # a fresh set: size each sub-table for its share of
+                # the whole call, as if every key were new
                 share = np.diff(starts) * (hi.shape[0] / b_hi.shape[0])
                 caps = np.maximum(self._INITIAL_CAP, np.ceil(share * 8 / 5) + 1).astype(np.int64)
                 self._make_tables(k_sorted.shape[1], caps)
@@ -642,7 +635,7 @@ class TupleSet:
         hi = np.ascontiguousarray(hi, dtype=np.uint64).ravel()
         lo = np.ascontiguousarray(lo, dtype=np.uint64).ravel()
         out = np.zeros(hi.shape[0], dtype=np.bool_)
-        if self._layout is None or not hi.shape[0]:
+        if self._tables is None or not hi.shape[0]:
             return out
         ok = self._fitting(hi, lo)
         if not ok.all():  # keys the layout cannot hold are not members
