@@ -350,7 +350,7 @@ class _DedupPart:
             a = _concat_blobs(table.column(name), dtype)
             recs[name] = a.reshape(-1, width) if width > 1 else a
         keep = first_occurrence(*_part_keys(table))
-        recs = {k: a[keep] for k, a in recs.items() if k not in ("hi", "lo")}
+        recs = {k: a[keep] for k, a in recs.items()}
         n_pos = int(np.sum(table.column("n_positions").to_numpy()))
         skipped = [s for blob in table.column("skipped").to_pylist() for s in json.loads(blob)]
         return _stats_table(job, dets, n_pos, json.dumps(skipped), recs)
