@@ -47,6 +47,12 @@ def _mix(hi: np.uint64, lo: np.uint64) -> np.uint64:
 _WORD_LO = np.uint64(0x2545F4914F6CDD1D)  # the low word hashed with one-word keys
 
 
+@nb.njit(inline="always")
+def _word_hash(w: np.uint64) -> np.uint64:
+    """The hash of a key stored in one word."""
+    return _mix(w, _WORD_LO)
+
+
 # -- key layouts: 128-bit keys stored in one word when they fit exactly --------------------------
 # A 128-bit tuple key holds up to four 32-bit words (see ``tuple_keys``): w0, w1 in ``hi``, w2, w3
 # in ``lo``. Two one-word layouts are exact on the keys they accept:
@@ -101,7 +107,7 @@ def _key_hash(hi, lo, layout):
     """:func:`_hash` of a key as it is stored in ``layout``."""
     if layout == _FULL:
         return _mix(hi, lo)
-    return _mix(_word(hi, lo, layout), _WORD_LO)
+    return _word_hash(_word(hi, lo, layout))
 
 
 @nb.njit(inline="always")
@@ -176,7 +182,7 @@ def expand_keys(words: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]
 @nb.njit(inline="always")
 def _hash(keys, j):
     if keys.shape[1] == 1:
-        return _mix(keys[j, 0], _WORD_LO)
+        return _word_hash(keys[j, 0])
     return _mix(keys[j, 0], keys[j, 1])
 
 
@@ -345,7 +351,7 @@ def _insert_words(t, k, origin, j, end, zero, p, count, limit, new):
             new[origin[j]] = not zero[p]
             zero[p] = True
         else:
-            status, count = _place_word(t, a, _slot(_mix(a, _WORD_LO), cap), count, limit)
+            status, count = _place_word(t, a, _slot(_word_hash(a), cap), count, limit)
             if status == _FULL_TABLE:
                 return j, count  # resume here once the sub-table has grown
             new[origin[j]] = status == _ADDED
