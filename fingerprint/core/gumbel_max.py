@@ -7,17 +7,14 @@ is at least ``best - logits[v]``, i.e. if ``u[v] >= exp(-exp(logits[v] - best))`
 is read from a table of thresholds at 1/16-nat steps, rounded down and lowered by a margin far
 above rounding error, so no possible winner is ever skipped.
 
-Two levels of screening share the table, over blocks of :data:`BLOCK` tokens:
+The row is screened in blocks of :data:`BLOCK` tokens: one vectorized compare of the block's
+uniforms against the threshold of its largest logit finds whether any token may pass, and only
+then are the block's tokens checked one by one. The best starts from the value of the row's
+largest logit (:func:`row_start`), so screening is tight from the first block.
 
-* a block whose largest logit is too far below the best cannot hold a winner whatever its
-  uniforms, so a fused kernel (:func:`fingerprint.core.siphash._gumbel_kernel`) does not even
-  compute them;
-* otherwise one vectorized compare of the block's uniforms against the threshold of its largest
-  logit finds whether any token may pass; only then are the block's tokens checked one by one.
-
-The best starts from the value of the row's largest logit (:func:`row_start`), so screening is
-tight from the first block. This module holds the arithmetic; the kernels that compute the
-uniforms live with their PRF. The CUDA counterpart is :mod:`fingerprint.core.triton_prf`.
+This module holds the arithmetic; the kernels that compute the uniforms live with their PRF
+(:func:`fingerprint.core.siphash._gumbel_kernel`: a row's uniforms, then :func:`choose_row`).
+The CUDA counterpart is :mod:`fingerprint.core.triton_prf`.
 """
 
 from __future__ import annotations
@@ -156,9 +153,10 @@ def choose_row(lg: Any, lgi: Any, shift: int, mask: int, u: Any, thr: Any, tops_
 
 
 @nb.njit(cache=True)
-def dense_choice_kernel(logits: Any, lgi: Any, shift: int, mask: int, u: Any, thr: Any,
-                        tops_i: Any, tops: Any, out: Any) -> None:
-    """:func:`choose_row` for each row of ``logits`` [B, V], ``u`` [B, V]; scratch [B, n].
+def dense_choice_kernel(logits: Any, lgi: Any, shift: int, mask: int, tops_i: Any, tops: Any,
+                        thr: Any, u: Any, out: Any) -> None:
+    """:func:`choose_row` for each row of ``logits`` [B, V], ``u`` [B, V]; the arguments before
+    ``u`` are what :func:`choice_args` returns.
 
     On the calling thread: waking a thread pool between the model's forward passes (whose own
     pool may still be spinning) costs more than this pass.
@@ -167,24 +165,33 @@ def dense_choice_kernel(logits: Any, lgi: Any, shift: int, mask: int, u: Any, th
         out[b] = choose_row(logits[b], lgi[b], shift, mask, u[b], thr, tops_i[b], tops[b])
 
 
-def scratch(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray, np.ndarray]:
-    """The arguments that go with ``logits`` [B, V] (float32 or float64, C-contiguous):
-    ``(logits, as integers, shift, mask, tops as integers, tops as floats)``."""
+def logits_array(logits: Any) -> np.ndarray:
+    """A torch CPU tensor of logits [B, V] as a C-contiguous float32 or float64 array (16-bit
+    floats are widened to float32, exactly)."""
+    lg = logits.detach()
+    if lg.dtype.itemsize < 4:
+        lg = lg.float()
+    return lg.contiguous().numpy()
+
+
+def choice_args(logits: np.ndarray) -> tuple[Any, ...]:
+    """The kernels' leading arguments for ``logits`` [B, V] (float32 or float64, C-contiguous):
+    the logits, the same memory read as integers, the order map's shift and mask, scratch block
+    tops [B, ceil(V / BLOCK)] read as integers and as floats, and :data:`THRESHOLDS`."""
     ints = np.int32 if logits.dtype == np.float32 else np.int64
     tops_i = np.empty((logits.shape[0], -(-logits.shape[1] // BLOCK)), dtype=ints)
     return (logits, logits.view(ints), *order_bits(logits.dtype), tops_i,
-            tops_i.view(logits.dtype))
+            tops_i.view(logits.dtype), THRESHOLDS)
 
 
 def dense_choice(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
     """The choice [B] for float32 or float64 ``logits`` [B, V] and float64 uniforms [B, V]."""
-    lg, lgi, shift, mask, tops_i, tops = scratch(np.ascontiguousarray(logits))
-    out = np.empty(lg.shape[0], dtype=np.int64)
-    dense_choice_kernel(lg, lgi, shift, mask, np.ascontiguousarray(u), THRESHOLDS, tops_i, tops,
-                        out)
+    logits = np.ascontiguousarray(logits)
+    out = np.empty(logits.shape[0], dtype=np.int64)
+    dense_choice_kernel(*choice_args(logits), np.ascontiguousarray(u), out)
     return out
 
 
-__all__ = ["BLOCK", "THRESHOLDS", "block_tops", "choose_in_block", "choose_row", "dense_choice",
-           "dense_choice_kernel", "order_bits", "row_start", "scratch", "seed", "threshold",
-           "value"]
+__all__ = ["BLOCK", "THRESHOLDS", "block_tops", "choice_args", "choose_in_block", "choose_row",
+           "dense_choice", "dense_choice_kernel", "logits_array", "order_bits", "row_start",
+           "seed", "threshold", "value"]

@@ -87,8 +87,8 @@ class PRF(ABC):
     #     computing positions t >= max(first, h) of int64 [B, T] arrays; ``hspec`` is a tuple of
     #     length h, so each width compiles (and caches on disk) to its own unrolled kernel;
     #   _row_kernel(contexts [B, h], hspec, *words, out [B, V]);
-    #   optionally _gumbel_kernel(contexts, hspec, *words, logits [B, V], thresholds, out [B])
-    #     for float64 uniforms: the Gumbel-max choice without the [B, V] uniforms.
+    #   optionally _gumbel_kernel(contexts, hspec, *words, *gumbel_max.choice_args(logits),
+    #     out [B]) for float64 uniforms: the Gumbel-max choice, a row's uniforms at a time.
     _score_kernel: ClassVar[Callable[..., int]]
     _row_kernel: ClassVar[Callable[..., None]]
     _gumbel_kernel: ClassVar[Callable[..., None] | None] = None
@@ -268,24 +268,21 @@ class PRF(ABC):
         """The Gumbel step in one kernel: ``argmax(logits - log(-log u))`` per row, [B] int64.
 
         On CUDA with Triton: one kernel, the noise computed in the uniforms' dtype with CUDA's
-        ``log``. On the CPU, for PRFs with float64 uniforms (``_gumbel_kernel``): the exact
-        choice of :mod:`fingerprint.core.gumbel_max`, which computes uniforms only for blocks
-        of tokens that could still win. Ties go to the lowest index. None otherwise (the
-        caller then uses :meth:`row`).
+        ``log``. On the CPU, for PRFs with float64 uniforms (``_gumbel_kernel``): each row's
+        uniforms in a cache-resident buffer, then the exact choice of
+        :mod:`fingerprint.core.gumbel_max`, which values only the tokens that could still win.
+        Ties go to the lowest index. None otherwise (the caller then uses :meth:`row`).
         """
         path = _route(logits, "auto")
         if path == "numba" and self._gumbel_kernel is not None and _is_tensor(logits):
             from fingerprint.core import gumbel_max
 
             ctx = self._checked_windows(windows, logits).numpy()
-            lg = logits.detach()
-            if lg.dtype not in (_torch().float32, _torch().float64):
-                lg = lg.float()  # 16-bit logits: exact in float32
-            args = gumbel_max.scratch(lg.contiguous().numpy())
+            lg = gumbel_max.logits_array(logits)
             out = np.empty(ctx.shape[0], dtype=np.int64)
-            with _threads_for(lg.numel()):
-                self._gumbel_kernel(ctx, (0,) * ctx.shape[1], *self.__words, *args[:4],
-                                    gumbel_max.THRESHOLDS, *args[4:], out)
+            with _threads_for(lg.size):
+                self._gumbel_kernel(ctx, (0,) * ctx.shape[1], *self.__words,
+                                    *gumbel_max.choice_args(lg), out)
             return _torch().from_numpy(out)
         if path != "triton":
             return None

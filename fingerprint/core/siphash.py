@@ -171,10 +171,11 @@ def _row_kernel(ctx: Any, hspec: tuple, k0: Any, k1: Any, out: Any) -> None:
 
 @nb.njit(parallel=True, cache=True)
 def _gumbel_kernel(ctx: Any, hspec: tuple, k0: Any, k1: Any, logits: Any, lgi: Any, shift: int,
-                   mask: int, thr: Any, tops_i: Any, tops: Any, out: Any) -> None:
+                   mask: int, tops_i: Any, tops: Any, thr: Any, out: Any) -> None:
     """The Gumbel-max choice of each row (:func:`fingerprint.core.gumbel_max.choose_row`), a
     row per work item: its uniforms stay in the core's cache, and the choice runs in parallel.
-    The arguments after the key words are :func:`fingerprint.core.gumbel_max.scratch`'s."""
+    The arguments after the key words are what :func:`fingerprint.core.gumbel_max.choice_args`
+    returns."""
     h = len(hspec)
     n_rows, n_vocab = logits.shape
     for b in nb.prange(n_rows):

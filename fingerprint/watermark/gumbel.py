@@ -84,10 +84,8 @@ def gumbel_argmax(logits: torch.Tensor, uniforms: torch.Tensor, *,
 # -- the CPU choice for float64 uniforms (fingerprint.core.gumbel_max) -------------------------
 def _pruned_choice(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """:func:`gumbel_argmax` for float64 uniforms on the CPU, valuing only possible winners."""
-    lg = logits.detach()
-    if lg.dtype not in (torch.float32, torch.float64):
-        lg = lg.float()  # 16-bit logits: exact in float32
-    return torch.from_numpy(gumbel_max.dense_choice(lg.numpy(), uniforms.numpy()))
+    return torch.from_numpy(gumbel_max.dense_choice(gumbel_max.logits_array(logits),
+                                                    uniforms.numpy()))
 
 
 _SPARSE_SHARE = 16  # value only the live tokens when at most 1/16 of them are live
