@@ -21,8 +21,12 @@ if DEVICE == "cpu":  # must be set before the kernels are defined (first import 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from fingerprint.core import get_prf  # noqa: E402
 from fingerprint.core import prf as prf_module  # noqa: E402
+from fingerprint.core.triton_prf import _philox_uniform  # noqa: E402
 from fingerprint.errors import BackendError, ShapeError, TokenIdError  # noqa: E402
 from fingerprint.keys import WatermarkKey  # noqa: E402
 from fingerprint.watermark import GumbelLogitsProcessor, KGWLogitsProcessor  # noqa: E402
@@ -170,3 +174,115 @@ def _forced(fn, *args):  # type: ignore[no-untyped-def]
         out = fn(*args)
     assert seen
     return out
+
+
+@triton.jit
+def _uniform_kernel(out_ptr, BLOCK: tl.constexpr):
+    level = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    word = (level.to(tl.uint32) << 8) | 0xA5  # the low byte is dropped by the mapping
+    tl.store(out_ptr + level, _philox_uniform(word))
+
+
+def test_philox_uniform_needs_no_float64() -> None:
+    """The kernels' float32-only uniform equals the spec's float64 division for every level."""
+    out = torch.empty(1 << 24, dtype=torch.float32, device=DEVICE)
+    _uniform_kernel[((1 << 24) // (1 << 16),)](out, BLOCK=1 << 16)
+    levels = np.arange(1 << 24, dtype=np.uint64)
+    want = type(get_prf("philox4x32-10-v1", INT_KEY, "gumbel")).level_uniform(levels)
+    assert np.array_equal(out.cpu().numpy().view(np.uint32), want.view(np.uint32))
+
+
+def _steps_on_both_paths(make, ids: np.ndarray, lengths: range, vocab: int, monkeypatch):  # type: ignore[no-untyped-def]
+    """One processor's outputs over ``ids[:, :n]`` for each n: on the numba path, and with the
+    fused kernels and the device-side bookkeeping (returns both lists and both processors)."""
+    from fingerprint.watermark import gumbel
+
+    gen = torch.Generator().manual_seed(11)
+    scores = [torch.randn(ids.shape[0], vocab, generator=gen) * 2 for _ in lengths]
+    ref = make()
+    want = [ref(torch.from_numpy(ids[:, :n]), s) for n, s in zip(lengths, scores, strict=True)]
+    proc = make()
+    with prf_module.tensor_path("triton") as seen, monkeypatch.context() as mp:
+        mp.setattr(gumbel, "_gpu_style", lambda scores: True)
+        got = [proc(t(ids[:, :n]), s.to(DEVICE)).cpu()
+               for n, s in zip(lengths, scores, strict=True)]
+    assert set(seen) == {DEVICE}
+    return want, got, ref, proc
+
+
+@pytest.mark.parametrize("limit", [None, 5])
+def test_gumbel_history_past_its_first_allocation(limit: int | None, monkeypatch) -> None:
+    """Over 100 steps (the device history starts with room for 64) the repeats, with and without
+    a history limit, are those of the host-side check."""
+    rng = np.random.default_rng(12)
+    ids = rng.integers(0, 6, (3, 110))  # six ids, h = 1: windows repeat all the time
+    vocab = 37
+
+    def make() -> GumbelLogitsProcessor:
+        return GumbelLogitsProcessor(KEY, 1, "siphash24-v1", check_placement=False,
+                                     dedup_max_history=limit)
+
+    want, got, ref, proc = _steps_on_both_paths(make, ids, range(8, 110), vocab, monkeypatch)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    assert (proc.n_repeated, proc.n_watermarked) == (ref.n_repeated, ref.n_watermarked)
+    assert 0 < proc.n_repeated < proc.n_repeated + proc.n_watermarked == 3 * 102
+
+
+def test_device_tracker_notices_a_new_generation(monkeypatch) -> None:
+    """A batch that grew by one token but whose earlier tokens changed is a new generation (its
+    prompt start is read again), on the device path as on the host."""
+    rng = np.random.default_rng(13)
+    ids = rng.integers(1, V, (2, 12))
+    ids[0, :3] = 0  # left padding (pad id 0)
+    other = ids.copy()
+    other[1, 2] += 1  # same length as the next step, different prefix
+    seq = [ids[:, :9], ids[:, :10], np.concatenate([other[:, :10], ids[:, 10:11]], axis=1)]
+    from fingerprint.watermark import gumbel
+
+    for make in (lambda: KGWLogitsProcessor(KEY, 0.25, 2.0, 2, pad_token_id=0),
+                 lambda: GumbelLogitsProcessor(KEY, 2, pad_token_id=0, check_placement=False)):
+        gen = torch.Generator().manual_seed(14)
+        scores = [torch.randn(2, V, generator=gen) for _ in seq]
+        ref, proc = make(), make()
+        want = [ref(torch.from_numpy(x), s) for x, s in zip(seq, scores, strict=True)]
+        with prf_module.tensor_path("triton"), monkeypatch.context() as mp:
+            mp.setattr(gumbel, "_gpu_style", lambda scores: True)
+            got = [proc(t(x), s.to(DEVICE)).cpu() for x, s in zip(seq, scores, strict=True)]
+        assert proc._tracker.prompt_len == 11  # the third call started a generation
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+
+
+def test_device_tracker_checks_every_id_once(monkeypatch) -> None:
+    """A bad id in the prompt, or in a token appended later, is refused on the device path."""
+    ids = np.random.default_rng(15).integers(0, V, (2, 10))
+    scores = torch.zeros(2, V)
+    with prf_module.tensor_path("triton"):
+        proc = KGWLogitsProcessor(KEY, 0.25, 2.0, 2)
+        bad = ids.copy()
+        bad[1, 4] = -5
+        with pytest.raises(TokenIdError, match="-5"):
+            proc(t(bad), scores.to(DEVICE))
+        proc.reset()
+        proc(t(ids[:, :9]), scores.to(DEVICE))
+        late = ids.copy()
+        late[0, 9] = 2**31
+        with pytest.raises(TokenIdError, match=str(2**31)):
+            proc(t(late), scores.to(DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_keep_only(dtype: torch.dtype) -> None:
+    from fingerprint.watermark import triton_steps
+
+    scores = (torch.randn(4, 5_000, generator=torch.Generator().manual_seed(16)) * 3).to(dtype)
+    choice = torch.tensor([0, 4_999, 2_048, 17])
+    repeated = torch.tensor([0, 0, 1, 0], dtype=torch.int32)
+    for rep in (None, repeated):
+        got = triton_steps.keep_only(scores.to(DEVICE), choice.to(DEVICE),
+                                     None if rep is None else rep.to(DEVICE)).cpu()
+        keep = torch.arange(5_000)[None, :] == choice[:, None]
+        if rep is not None:
+            keep |= rep.bool()[:, None]
+        assert got.dtype == dtype and torch.equal(got, torch.where(keep, scores, -torch.inf))

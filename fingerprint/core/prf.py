@@ -206,8 +206,8 @@ class PRF(ABC):
             check_integer_dtype(tok.dtype, "tokens")
             _check_pairs_shapes(tuple(ctx.shape), tuple(tok.shape))
             h = check_context_width(ctx.shape[1])
-            _check_range_torch(ctx, -1, max_token_id(None), "contexts")
-            _check_range_torch(tok, 0, max_token_id(vocab_size), "tokens")
+            check_id_range(ctx, -1, max_token_id(None), "contexts")
+            check_id_range(tok, 0, max_token_id(vocab_size), "tokens")
             if path == "triton":
                 x = torch.cat([ctx, tok.long()[:, None]], dim=1).contiguous()
                 return self._triton().score(self._kind, self._keys_on(x.device), x, x, None,
@@ -236,7 +236,7 @@ class PRF(ABC):
             torch = _torch()
             ctx = _torch_matrix(contexts, "contexts")
             check_context_width(ctx.shape[1])
-            _check_range_torch(ctx, -1, max_token_id(None), "contexts")
+            check_id_range(ctx, -1, max_token_id(None), "contexts")
             if path == "triton":
                 ctx = ctx.contiguous()
                 return self._triton().row(self._kind, self._keys_on(ctx.device), ctx, maxid + 1)
@@ -251,20 +251,23 @@ class PRF(ABC):
         return _from_numpy(out, to_torch)
 
     # -- fused watermark steps (CUDA) -------------------------------------------------------
-    def fused_green_add(self, windows: Any, logits: Any, gamma: float, delta: float) -> Any:
+    def fused_green_add(self, windows: Any, logits: Any, gamma: float, delta: float, *,
+                        checked: bool = False) -> Any:
         """KGW's step in one kernel: ``logits + delta`` where ``u(window, token) < gamma``.
 
         Runs when ``logits`` [B, V] is a CUDA tensor and Triton is importable; returns None
         otherwise (the caller then uses :meth:`row`). Green is decided exactly as ``u < gamma``
         in the uniforms' dtype; the sum is torch's CUDA ``add(logits, green, alpha=delta)``.
+        ``checked=True`` says the windows' ids are known to lie in [-1, 2**31 - 1] (the
+        processors' trackers check each id once), which spares a wait on the GPU.
         """
         if _route(logits, "auto") != "triton":
             return None
-        ctx = self._checked_windows(windows, logits)
+        ctx = self._checked_windows(windows, logits, checked)
         return self._triton().green_add(self._kind, self._keys_on(ctx.device), ctx, logits,
                                         self.green_levels(gamma), float(delta))
 
-    def fused_gumbel_argmax(self, windows: Any, logits: Any) -> Any:
+    def fused_gumbel_argmax(self, windows: Any, logits: Any, *, checked: bool = False) -> Any:
         """The Gumbel step in one kernel: ``argmax(logits - log(-log u))`` per row, [B] int64.
 
         On CUDA with Triton: one kernel, the noise computed in the uniforms' dtype with CUDA's
@@ -272,6 +275,7 @@ class PRF(ABC):
         uniforms in a cache-resident buffer, then the exact choice of
         :mod:`fingerprint.core.gumbel_max`, which values only the tokens that could still win.
         Ties go to the lowest index. None otherwise (the caller then uses :meth:`row`).
+        ``checked`` as for :meth:`fused_green_add`.
         """
         path = _route(logits, "auto")
         if path == "numba" and self._gumbel_kernel is not None and _is_tensor(logits):
@@ -286,17 +290,22 @@ class PRF(ABC):
             return _torch().from_numpy(out)
         if path != "triton":
             return None
-        ctx = self._checked_windows(windows, logits)
+        ctx = self._checked_windows(windows, logits, checked)
         return self._triton().gumbel_argmax(self._kind, self._keys_on(ctx.device), ctx, logits)
 
-    def _checked_windows(self, windows: Any, logits: Any) -> Any:
-        ctx = _torch_matrix(windows, "contexts").to(logits.device).contiguous()
+    def _checked_windows(self, windows: Any, logits: Any, checked: bool = False) -> Any:
+        """The windows as int64 on the logits' device, with unit column stride (the kernels
+        take any row stride), after the shape checks and, unless ``checked``, the id range."""
+        ctx = _torch_matrix(windows, "contexts").to(logits.device)
+        if not (checked and ctx.stride(1) == 1):
+            ctx = ctx.contiguous()
         check_context_width(ctx.shape[1])
         if logits.ndim != 2 or logits.shape[0] != ctx.shape[0]:
             raise ShapeError(f"logits must have shape [B, V] with B = {ctx.shape[0]} windows, "
                              f"got {tuple(logits.shape)}")
         max_token_id(logits.shape[1] if logits.shape[1] else None)
-        _check_range_torch(ctx, -1, max_token_id(None), "contexts")
+        if not checked:
+            check_id_range(ctx, -1, max_token_id(None), "contexts")
         return ctx
 
     # -- Triton path --------------------------------------------------------------------------
@@ -311,9 +320,9 @@ class PRF(ABC):
     def _keys_on(self, device: Any) -> Any:
         """The key words as a device tensor, made once per device (a kernel argument)."""
         cache = self.__dict__.setdefault("_device_keys", {})
-        keys = cache.get(str(device))
+        keys = cache.get(device)
         if keys is None:
-            keys = cache[str(device)] = self._triton().key_tensor(self.__words, device)
+            keys = cache[device] = self._triton().key_tensor(self.__words, device)
         return keys
 
     # -- torch path ---------------------------------------------------------------------------
@@ -463,6 +472,11 @@ def tensor_path(path: Literal["torch", "triton"]) -> Iterator[list[str]]:
         _FORCED = before
 
 
+def routes_to_triton(x: Any) -> bool:
+    """Whether a tensor takes the fused Triton code (CUDA, or :func:`tensor_path` "triton")."""
+    return _route(x, "auto") == "triton"
+
+
 def triton_available() -> bool:
     """Whether the fused Triton kernels can be used (the triton package imports)."""
     global _TRITON_OK
@@ -545,7 +559,9 @@ def _check_range_numpy(a: np.ndarray, lo: int, hi: int, what: str) -> None:
         _raise_bad_tokens(a, None, hi, lo=lo, what=what)
 
 
-def _check_range_torch(a: Any, lo: int, hi: int, what: str) -> None:
+def check_id_range(a: Any, lo: int, hi: int, what: str) -> None:
+    """Raise :class:`TokenIdError`, naming the first offending id, unless tensor ``a`` lies in
+    [lo, hi] (one wait on its device)."""
     if a.numel() and bool(((a < lo) | (a > hi)).any()):
         _raise_bad_tokens(a.cpu().numpy(), None, hi, lo=lo, what=what)
 

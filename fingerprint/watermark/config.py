@@ -25,7 +25,8 @@ import torch
 from transformers.generation.configuration_utils import BaseWatermarkingConfig
 
 from fingerprint.core import DEFAULT_PRF, prf_class
-from fingerprint.core.contexts import PAD, check_context_width
+from fingerprint.core.contexts import MAX_TOKEN_ID, PAD, check_context_width
+from fingerprint.core.prf import check_id_range, routes_to_triton
 from fingerprint.errors import ConfigError, InputError
 
 MAX_GENERATION_CONTEXT_WIDTH = 16
@@ -171,29 +172,70 @@ class ContextTracker:
         self._prev: torch.Tensor | None = None
         self.prompt_len = 0
         self._first: torch.Tensor | None = None  # [B] first column a window may read
+        self._max_first: int | None = None  # its maximum, where known on the host
+        self.windows_checked = False  # whether the last windows' ids were range-checked here
+        self._pending: torch.Tensor | None = None  # the previous ids, until settle() compares
 
     @property
     def step_index(self) -> int:
         """Tokens generated so far in the current generation (valid after :meth:`update`)."""
         return 0 if self._prev is None else int(self._prev.shape[1]) - self.prompt_len
 
-    def update(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """(windows [B, h] int64 on the input's device, whether a new generation started)."""
+    def update(self, input_ids: torch.Tensor,
+               speculate: bool = False) -> tuple[torch.Tensor, bool]:
+        """(windows [B, h] int64 on the input's device, whether a new generation started).
+
+        With ``speculate`` on the fused (CUDA) path, a batch that grew by one token is taken to
+        continue the generation without waiting for the comparison: the caller queues its step
+        and then calls :meth:`settle`, so the comparison's wait overlaps the step's kernel.
+        """
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             raise ConfigError("a logits processor expects input_ids as a [batch, length] tensor")
         prev = self._prev
-        new = not (prev is not None and prev.shape[0] == input_ids.shape[0]
-                   and prev.shape[1] + 1 == input_ids.shape[1]
-                   and prev.device == input_ids.device
-                   and torch.equal(input_ids[:, :-1], prev))
+        grew = (prev is not None and prev.shape[0] == input_ids.shape[0]
+                and prev.shape[1] + 1 == input_ids.shape[1] and prev.device == input_ids.device)
+        fused = routes_to_triton(input_ids)
+        self._pending = None
+        if grew and fused:
+            new = False
+            if speculate:
+                self._pending = prev
+            else:
+                new = not self._continues(input_ids, prev)
+        else:
+            new = not (grew and torch.equal(input_ids[:, :-1], prev))
         if new:
-            self._start(input_ids)
+            self._start(input_ids, fused)
         self._prev = input_ids
+        self.windows_checked = fused
         return self.windows(input_ids), new
 
-    def _start(self, input_ids: torch.Tensor) -> None:
+    def settle(self, input_ids: torch.Tensor) -> bool:
+        """After ``update(input_ids, speculate=True)``: whether the step really continued the
+        generation. If not, a new generation starts here and the caller redoes its step with
+        the new :meth:`windows`. Raises :class:`TokenIdError` for a new id out of range."""
+        prev, self._pending = self._pending, None
+        if prev is None or self._continues(input_ids, prev):
+            return True
+        self._start(input_ids, True)
+        return False
+
+    @staticmethod
+    def _continues(input_ids: torch.Tensor, prev: torch.Tensor) -> bool:
+        """One kernel and one wait: the prefix compared with ``prev``, the new id checked."""
+        from fingerprint.watermark import triton_steps
+
+        codes = triton_steps.continuation(input_ids, prev, PAD, MAX_TOKEN_ID)
+        if (codes & 1).any():
+            return False
+        if (codes & 2).any():
+            check_id_range(input_ids[:, -1:], PAD, MAX_TOKEN_ID, "input_ids")
+        return True
+
+    def _start(self, input_ids: torch.Tensor, fused: bool = False) -> None:
         b, length = input_ids.shape
         self.prompt_len = int(length)
+        self._max_first = None
         if not self.prompt_context:
             first = torch.full((b,), length, dtype=torch.int64, device=input_ids.device)
         elif self.pad_token_id is None:
@@ -204,12 +246,19 @@ class ContextTracker:
             first = torch.where(real.any(dim=1), real.to(torch.int32).argmax(dim=1),
                                 torch.full((b,), length, device=input_ids.device))
         self._first = first.to(torch.int64)
+        if fused:  # every id a window can read, checked once (each later one by update)
+            cols = torch.arange(length, device=input_ids.device)
+            real = torch.where(cols[None, :] >= self._first[:, None], input_ids, PAD)
+            check_id_range(real, PAD, MAX_TOKEN_ID, "input_ids")
+            self._max_first = int(self._first.max()) if b else 0
 
     def windows(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The current windows [B, h] of ``input_ids`` under the recorded generation start."""
         if self._first is None:
             raise InputError("no generation started yet: call update(input_ids) first")
         length = input_ids.shape[1]
+        if self._max_first is not None and length - self.h >= self._max_first:
+            return input_ids[:, length - self.h:].long()  # every row's window is all real
         pos = torch.arange(length - self.h, length, device=input_ids.device)
         vals = input_ids[:, pos.clamp(min=0)].to(torch.int64)
         valid = pos[None, :] >= self._first[:, None]  # also false for pos < 0

@@ -38,6 +38,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import LogitNormalization
 
 from fingerprint.core import DEFAULT_PRF, PRF, get_prf, gumbel_max
+from fingerprint.core.prf import routes_to_triton
 from fingerprint.errors import ConfigError
 from fingerprint.keys import WatermarkKey
 from fingerprint.watermark.config import (
@@ -176,8 +177,7 @@ class GumbelLogitsProcessor(LogitsProcessor):
         self._history: _WindowHistory | None = None  # the same check on the GPU, without syncs
         self._n_watermarked = 0
         self._n_repeated = 0
-        self._device_rows = 0  # steps x rows checked on the device ...
-        self._device_counts: list[torch.Tensor] = []  # ... and how many repeated, not yet read
+        self._device_rows = 0  # steps x rows checked on the device, their repeats not yet read
 
     @property
     def n_watermarked(self) -> int:
@@ -192,11 +192,11 @@ class GumbelLogitsProcessor(LogitsProcessor):
         return self._n_repeated
 
     def _collect_counts(self) -> None:
-        if self._device_counts:
-            rep = int(torch.stack(self._device_counts).sum())
+        if self._device_rows and self._history is not None:
+            rep = self._history.take_repeats()
             self._n_repeated += rep
             self._n_watermarked += self._device_rows - rep
-        self._device_rows, self._device_counts = 0, []
+        self._device_rows = 0
 
     def __repr__(self) -> str:
         return f"GumbelLogitsProcessor({self.config})"
@@ -212,12 +212,16 @@ class GumbelLogitsProcessor(LogitsProcessor):
 
     def reset(self) -> None:
         """Forget the current generation (it is also detected automatically)."""
+        self._collect_counts()
         self._tracker.reset()
         self._seen = []
         self._history = None
 
     def choose(self, logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """The watermarked token [B] for processed ``logits`` [B, V] after ``windows`` [B, h]."""
+        return self._choose(logits, windows, False)
+
+    def _choose(self, logits: torch.Tensor, windows: torch.Tensor, checked: bool) -> torch.Tensor:
         if not self._needs_clamp:
             float64_cpu = (logits.device.type == "cpu"
                            and type(self._prf).uniform_dtype is np.float64)
@@ -225,7 +229,8 @@ class GumbelLogitsProcessor(LogitsProcessor):
                 live = logits > -torch.inf
                 if int(live.sum()) <= logits.numel() // _SPARSE_SHARE:
                     return _sparse_choice(self._prf, logits, windows, live)
-            fused = self._prf.fused_gumbel_argmax(windows, logits)  # CUDA, or float64 on CPU
+            # CUDA, or float64 on the CPU
+            fused = self._prf.fused_gumbel_argmax(windows, logits, checked=checked)
             if fused is not None:
                 return fused
             if float64_cpu:
@@ -234,18 +239,31 @@ class GumbelLogitsProcessor(LogitsProcessor):
                              clamp=self._needs_clamp)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        windows, new = self._tracker.update(input_ids)
+        windows, new = self._tracker.update(input_ids, speculate=True)
+        checked = self._tracker.windows_checked
+        choice = self._choose(scores, windows, checked)  # queued before the check's wait
+        if not self._tracker.settle(input_ids):  # a new generation after all: other windows
+            new, windows = True, self._tracker.windows(input_ids)
+            choice = self._choose(scores, windows, checked)
         if new:
+            self._collect_counts()
             self._seen = [{} for _ in range(input_ids.shape[0])]
             self._history = None
             if self.check_placement:
                 self._check_placement()
-        choice = self.choose(scores, windows)[:, None]
         if _gpu_style(scores):  # one pass over the logits, and no wait on the GPU
-            keep = torch.arange(scores.shape[1], device=scores.device)[None, :] == choice
+            repeated = None
             if self.settings.deduplicate_contexts != "none":
-                keep |= self._repeated_on_device(windows)[:, None]
+                repeated = self._repeated_on_device(windows)
+            if routes_to_triton(scores):
+                from fingerprint.watermark import triton_steps
+
+                return triton_steps.keep_only(scores, choice, repeated)
+            keep = torch.arange(scores.shape[1], device=scores.device)[None, :] == choice[:, None]
+            if repeated is not None:
+                keep |= repeated[:, None].bool()
             return torch.where(keep, scores, -torch.inf)
+        choice = choice[:, None]
         out = torch.full_like(scores, -torch.inf).scatter_(1, choice, scores.gather(1, choice))
         if self.settings.deduplicate_contexts != "none":
             repeated = self._repeated(windows)
@@ -274,12 +292,8 @@ class GumbelLogitsProcessor(LogitsProcessor):
             self._history = _WindowHistory(windows.shape[0], windows.shape[1], windows.device)
         limit = self.settings.dedup_max_history
         step = self._tracker.step_index
-        repeated = self._history.seen_since(windows, 0 if limit is None else step - limit)
-        self._history.add(windows, step)
+        repeated = self._history.check_and_add(windows, 0 if limit is None else step - limit, step)
         self._device_rows += repeated.shape[0]
-        self._device_counts.append(repeated.sum())
-        if len(self._device_counts) > 256:
-            self._collect_counts()
         return repeated
 
     def _check_placement(self) -> None:
@@ -319,19 +333,34 @@ class _WindowHistory:
     def __init__(self, rows: int, width: int, device: torch.device) -> None:
         self.windows = torch.empty((rows, 64, width), dtype=torch.int64, device=device)
         self.steps: list[int] = []
+        self.repeated = torch.zeros((rows, 64), dtype=torch.int32, device=device)  # per step
+        self.counted = 0  # steps whose repeats were read
 
-    def seen_since(self, windows: torch.Tensor, oldest: int) -> torch.Tensor:
-        """Rows whose window was used at a recorded step >= ``oldest``."""
+    def check_and_add(self, windows: torch.Tensor, oldest: int, step: int) -> torch.Tensor:
+        """Rows [B] (int32, 1 or 0) whose window was used at a recorded step >= ``oldest``;
+        then records ``windows`` as used at ``step``."""
         start = bisect.bisect_left(self.steps, oldest)  # steps only grow
-        past = self.windows[:, start:len(self.steps)]
-        return (past == windows[:, None, :]).all(dim=2).any(dim=1)
-
-    def add(self, windows: torch.Tensor, step: int) -> None:
         n = len(self.steps)
         if n == self.windows.shape[1]:
             self.windows = torch.cat([self.windows, torch.empty_like(self.windows)], dim=1)
-        self.windows[:, n] = windows
+            self.repeated = torch.cat([self.repeated, torch.zeros_like(self.repeated)], dim=1)
+        if routes_to_triton(windows):
+            from fingerprint.watermark import triton_steps
+
+            triton_steps.seen_before(self.windows, self.repeated, windows, start, n)
+        else:
+            seen = (self.windows[:, start:n] == windows[:, None, :]).all(dim=2).any(dim=1)
+            self.windows[:, n] = windows
+            self.repeated[:, n] = seen
         self.steps.append(step)
+        return self.repeated[:, n]
+
+    def take_repeats(self) -> int:
+        """Repeats (rows x steps) recorded since the last call (one wait on the device)."""
+        n = len(self.steps)
+        total = int(self.repeated[:, self.counted:n].sum())
+        self.counted = n
+        return total
 
 
 def _find_generation_frames(

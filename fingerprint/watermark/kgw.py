@@ -101,9 +101,16 @@ class KGWLogitsProcessor(LogitsProcessor):
         return u < self.settings.gamma  # compared in u's dtype, as the detector compares
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        windows, _ = self._tracker.update(input_ids)
+        windows, _ = self._tracker.update(input_ids, speculate=True)
+        out = self._green_add(windows, scores)
+        if not self._tracker.settle(input_ids):  # a new generation after all: other windows
+            out = self._green_add(self._tracker.windows(input_ids), scores)
+        return out
+
+    def _green_add(self, windows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         gamma, delta = self.settings.gamma, self.settings.delta
-        fused = self._prf.fused_green_add(windows, scores, gamma, delta)  # CUDA: one kernel
+        fused = self._prf.fused_green_add(  # CUDA: one kernel
+            windows, scores, gamma, delta, checked=self._tracker.windows_checked)
         if fused is not None:
             return fused
         u = self._prf.row(windows, scores.shape[-1])
