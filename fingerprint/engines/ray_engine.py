@@ -47,6 +47,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,15 +164,32 @@ _CACHE: dict[str, Any] = {}  # per worker process: detectors and tokenizer of th
 def _worker_state(job: _Job) -> tuple[list[Detector], Any]:
     nb.set_num_threads(max(1, min(job.threads, nb.config.NUMBA_NUM_THREADS)))  # per call
     if _CACHE.get("token") != job.token:
-        import ray
-
         _CACHE.clear()
-        secrets = ray.get(job.holder.get.remote())
+        secrets, tok = _get_off_main_thread(job)
         cfg = job.cfg
         dets = [Detector(WatermarkKey(s, k), cfg) for s, k in secrets]  # type: ignore[arg-type]
-        tok = None if job.tokenizer is None else ray.get(job.tokenizer)
         _CACHE.update(token=job.token, dets=dets, tok=tok)
     return _CACHE["dets"], _CACHE["tok"]
+
+
+def _get_off_main_thread(job: _Job) -> tuple[list[tuple[bytes, str]], Any]:
+    """The job's secrets (from the holder) and tokenizer, fetched by a helper thread.
+
+    A ``ray.get`` that waits on a task's main thread tells the raylet that the task is blocked,
+    and the raylet lends the task's CPU to a queued task meanwhile: with no idle worker, it
+    starts a new worker process for it, which pays every import and kernel load again and then
+    runs beside the others on an oversubscribed node (on a fresh 2-CPU cluster, a third worker
+    process for a wait of a few milliseconds). A wait on another thread does not release the CPU.
+    """
+    import ray
+
+    def fetch() -> tuple[list[tuple[bytes, str]], Any]:
+        secrets = job.holder.get.remote()
+        tok = None if job.tokenizer is None else ray.get(job.tokenizer)
+        return ray.get(secrets), tok
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fetch).result()
 
 
 # -- step 1: read, score, partition --------------------------------------------------------------
