@@ -356,6 +356,37 @@ def test_ray_survives_a_killed_worker(ray_cluster: Any, corpus: list[Path],
     _same(got, want)
 
 
+def test_ray_worker_fetches_the_key_off_the_main_thread(ray_cluster: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``ray.get`` that waits on a task's main thread lends the task's CPU to a queued task,
+    for which Ray then starts another worker process: the key is fetched on a helper thread."""
+    import threading
+
+    from fingerprint.engines import ray_engine
+
+    on_main: list[bool] = []
+    real_get = ray_cluster.get
+
+    def get(*args: Any, **kwargs: Any) -> Any:
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(ray_cluster, "get", get)
+    monkeypatch.setattr(ray_engine, "_CACHE", {})
+    cfg = DetectorConfig(scheme="kgw")
+    holder = ray_engine._key_holder([ray_engine._secret_of(KEY)])
+    try:
+        job = ray_engine._Job("t", "detect", cfg.to_dict(), Fields(), None, None, 1000, 2,
+                              holder, None, None, 1)
+        dets, tok = ray_engine._worker_state(job)
+    finally:
+        ray_cluster.kill(holder)
+    assert on_main == [False] and tok is None
+    x = np.arange(40, dtype=np.int64).reshape(2, 20)
+    want = Detector(KEY, cfg)._prfs[0].score(x, cfg.h)
+    assert np.array_equal(dets[0]._prfs[0].score(x, cfg.h), want)
+
+
 def test_ray_corrupt_parquet_names_the_file(ray_cluster: Any, tmp_path: Path) -> None:
     from fingerprint.engines import detect_ray
 
