@@ -296,7 +296,11 @@ class PRF(ABC):
     def _checked_windows(self, windows: Any, logits: Any, checked: bool = False) -> Any:
         """The windows as int64 on the logits' device, with unit column stride (the kernels
         take any row stride), after the shape checks and, unless ``checked``, the id range."""
-        ctx = _torch_matrix(windows, "contexts").to(logits.device)
+        if (checked and _is_tensor(windows) and windows.ndim == 2
+                and windows.dtype == _torch().int64 and windows.device == logits.device):
+            ctx = windows  # a tracker's windows: [B, h] int64, already on the device
+        else:
+            ctx = _torch_matrix(windows, "contexts").to(logits.device)
         if not (checked and ctx.stride(1) == 1):
             ctx = ctx.contiguous()
         check_context_width(ctx.shape[1])

@@ -352,6 +352,11 @@ def _pick_kernel(best_ptr, idx_ptr, out_ptr, n_blocks, BLOCK: tl.constexpr):
     tl.store(out_ptr + b, tl.load(idx_ptr + b * n_blocks + first))
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ints (``triton.cdiv`` costs microseconds a call from Python)."""
+    return -(-a // b)
+
+
 # -- launchers -----------------------------------------------------------------------------------
 def key_tensor(words: tuple[int, ...], device: Any) -> torch.Tensor:
     """The key words as a signed int64 device tensor (read by the kernels, never compiled in)."""
@@ -367,7 +372,7 @@ def score(kind: int, keys: torch.Tensor, x: torch.Tensor, cand: torch.Tensor,
     if x.numel() == 0:
         return out
     v = valid if valid is not None else x
-    grid = (x.shape[0], triton.cdiv(x.shape[1], _SCORE_BLOCK))
+    grid = (x.shape[0], cdiv(x.shape[1], _SCORE_BLOCK))
     _score_kernel[grid](x, cand, v, out, keys, x.shape[1], first, x.stride(0), cand.stride(0),
                         v.stride(0), out.stride(0), H=h, KIND=kind,
                         HAS_VALID=valid is not None, BLOCK=_SCORE_BLOCK)
@@ -381,7 +386,7 @@ def _value_dtype(kind: int) -> torch.dtype:
 
 def _n_blocks(kind: int, vocab: int, mode: int) -> int:
     """Programs per row of the row kernel (a Philox program covers four tokens a lane)."""
-    return triton.cdiv(vocab, _ROW_SHAPES[kind, mode][0] * (4 if kind == PHILOX else 1))
+    return cdiv(vocab, _ROW_SHAPES[kind, mode][0] * (4 if kind == PHILOX else 1))
 
 
 def _row_launch(kind: int, keys: torch.Tensor, ctx: torch.Tensor, vocab: int, mode: int,

@@ -225,10 +225,10 @@ class ContextTracker:
         """One kernel and one wait: the prefix compared with ``prev``, the new id checked."""
         from fingerprint.watermark import triton_steps
 
-        codes = triton_steps.continuation(input_ids, prev, PAD, MAX_TOKEN_ID)
-        if (codes & 1).any():
+        flags = triton_steps.continuation(input_ids, prev, PAD, MAX_TOKEN_ID)
+        if flags & 1:
             return False
-        if (codes & 2).any():
+        if flags & 2:
             check_id_range(input_ids[:, -1:], PAD, MAX_TOKEN_ID, "input_ids")
         return True
 

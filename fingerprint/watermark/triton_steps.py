@@ -4,8 +4,8 @@ A generation step on the GPU is dominated by small operations, not by the PRF: w
 checking that the sequence only grew, building the windows, the Gumbel dedup history and the
 output assembly took a dozen launches and two waits on the GPU. These kernels do that work:
 
-* :func:`continuation`: whether each row of ``input_ids`` extends the previous step's row by
-  one token, and whether that token's id is in range (the tracker's one wait per step);
+* :func:`continuation`: whether every row of ``input_ids`` extends the previous step's row by
+  one token, and whether those tokens' ids are in range (the tracker's one wait per step);
 * :func:`seen_before`: the Gumbel dedup check against each row's window history, which also
   records the window and flags the repeat on the device;
 * :func:`keep_only`: the Gumbel step's output: the chosen token's logit, ``-inf`` elsewhere
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from fingerprint.core.triton_prf import cdiv
 
 _COLUMNS = 1024  # columns compared per iteration of the continuation check
 _STEPS = 64  # history steps compared per iteration of the dedup check
@@ -40,18 +42,18 @@ def _continuation_kernel(ids_ptr, prev_ptr, out_ptr, n, stride_ids, stride_prev,
     tl.store(out_ptr + b * n_blocks + j, (differ + 2 * bad).to(tl.int8))
 
 
-def continuation(input_ids: torch.Tensor, prev: torch.Tensor, lo: int, hi: int) -> np.ndarray:
-    """Per row (host int8 [B], one wait on the GPU): bit 1 set where ``input_ids[:, :-1]``
-    differs from ``prev``, bit 2 set where the last id lies outside [lo, hi]."""
+def continuation(input_ids: torch.Tensor, prev: torch.Tensor, lo: int, hi: int) -> int:
+    """One wait on the GPU for two bits: 1 if a row of ``input_ids[:, :-1]`` differs from
+    ``prev``, 2 if a row's last id lies outside [lo, hi]."""
     b, n = input_ids.shape
-    n_blocks = triton.cdiv(n, _COLUMNS)
+    n_blocks = cdiv(n, _COLUMNS)
     out = torch.empty((b, n_blocks), dtype=torch.int8, device=input_ids.device)
     if b and n:
         ids = input_ids if input_ids.stride(1) == 1 else input_ids.contiguous()
         old = prev if prev.stride(1) == 1 or prev.shape[1] == 0 else prev.contiguous()
         _continuation_kernel[(b, n_blocks)](ids, old, out, n, ids.stride(0), old.stride(0),
                                             n_blocks, lo, hi, BLOCK=_COLUMNS)
-    return np.bitwise_or.reduce(out.cpu().numpy(), axis=1)
+    return int(np.bitwise_or.reduce(out.cpu().numpy(), axis=None))
 
 
 @triton.jit
@@ -79,7 +81,7 @@ def seen_before(history: torch.Tensor, flags: torch.Tensor, windows: torch.Tenso
     b, h = windows.shape
     if b:
         win = windows if windows.stride(1) == 1 else windows.contiguous()
-        chunks = max(1, triton.cdiv(n - start, _STEPS))
+        chunks = max(1, cdiv(n - start, _STEPS))
         _seen_kernel[(b, chunks)](history, win, flags, start, n, h, history.stride(0),
                                   history.stride(1), win.stride(0), flags.stride(0),
                                   STEPS=_STEPS, WIDTH=max(2, triton.next_power_of_2(h)))
@@ -107,7 +109,7 @@ def keep_only(scores: torch.Tensor, choice: torch.Tensor,
     b, vocab = scores.shape
     if b and vocab:
         src = scores if scores.stride(1) == 1 else scores.contiguous()
-        _keep_kernel[(b, triton.cdiv(vocab, _KEEP_BLOCK))](
+        _keep_kernel[(b, cdiv(vocab, _KEEP_BLOCK))](
             src, out, choice, repeated if repeated is not None else choice, vocab,
             src.stride(0), out.stride(0), 0 if repeated is None else repeated.stride(0),
             HAS_REP=repeated is not None, BLOCK=_KEEP_BLOCK)
