@@ -37,9 +37,18 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from fingerprint.errors import ConfigError, InputError
+
+
+def _special() -> Any:
+    """``scipy.special``, imported on first use: importing it costs a quarter of a second in
+    every process that imports this module (each Ray worker among them), most of which never
+    computes a p-value."""
+    from scipy import special
+
+    return special
+
 
 __all__ = [
     "BinomialTestResult",
@@ -371,11 +380,11 @@ def _log_gamma_tails_unit(x: float, a: float) -> tuple[float, float]:
         log_p = a * math.log(x) - x - math.lgamma(a + 1.0) + math.log(total)
         if log_p < -_LN2:
             return log_p, _log1mexp(log_p)
-        v = float(special.gammaincc(a, x))
+        v = float(_special().gammaincc(a, x))
         # For a < ~1e-250, Q(a, x) = a E1(x) (1 + O(a)) to far beyond double precision.
-        log_q = math.log(v) if v >= _SCIPY_MIN else math.log(a) + math.log(special.exp1(x))
+        log_q = math.log(v) if v >= _SCIPY_MIN else math.log(a) + math.log(_special().exp1(x))
         return _log1mexp(log_q), log_q
-    v = float(special.gammaincc(a, x))
+    v = float(_special().gammaincc(a, x))
     if v >= _SCIPY_MIN:
         log_q = math.log(v)
         return _log1mexp(log_q), log_q
@@ -416,9 +425,9 @@ def _log_gamma_tails(x: float, a: float) -> tuple[float, float]:
     d = a - x
     if a >= _SCIPY_GAMMA_CENTRAL_SHAPE and abs(d) <= _SCIPY_GAMMA_CENTRAL_Z * math.sqrt(a):
         if d > 0.0:
-            log_p = math.log(float(special.gammainc(a, x)))
+            log_p = math.log(float(_special().gammainc(a, x)))
             return log_p, _log1mexp(log_p)
-        log_q = math.log(float(special.gammaincc(a, x)))
+        log_q = math.log(float(_special().gammaincc(a, x)))
         return _log1mexp(log_q), log_q
     if a > 1.0 and d > 1.0:
         # x < a - 1: below the mode, the lower tail P(a, x) is the small one.
@@ -431,7 +440,7 @@ def _log_gamma_tails(x: float, a: float) -> tuple[float, float]:
         log_p = _log_poisson_like(a, x) + log_sum
         return log_p, _log1mexp(log_p)
     if a >= _SCIPY_GAMMA_UPPER_SHAPE:
-        v = float(special.gammaincc(a, x))
+        v = float(_special().gammaincc(a, x))
         if v >= _SCIPY_MIN:
             log_q = math.log(v)
             return _log1mexp(log_q), log_q
@@ -738,7 +747,7 @@ def _log_dual_quad(s: float, n: int, c_min: float, c_max: float, *, upper: bool)
                     g = mid + half * node
                     if 0.0 < g < big_b:
                         logs.append(log_h(g) + math.log(w) + math.log(half))
-        return float(special.logsumexp(logs)) if logs else -math.inf
+        return float(_special().logsumexp(logs)) if logs else -math.inf
 
     panels = 4
     result = integrate(panels)
@@ -780,7 +789,7 @@ def _vllm_int_gamma_sf(x: float, shape: int) -> float:
     if shape <= 0 or x <= 0.0:
         return 1.0
     i = np.arange(shape, dtype=np.float64)
-    terms = i * math.log(x) - special.gammaln(i + 1.0)
+    terms = i * math.log(x) - _special().gammaln(i + 1.0)
     top = float(terms.max())  # log-sum-exp, without scipy's per-call overhead (per control key)
     log_p = -x + top + math.log(float(np.exp(terms - top).sum()))
     return min(1.0, math.exp(min(0.0, log_p)))
@@ -804,7 +813,7 @@ def vllm_compat_pvalue(score: float, n: int, alpha: float) -> float:
         return _vllm_int_gamma_sf(score / variance, round(n / variance))
     if n == 0 or score <= 0.0:
         return 1.0
-    return float(special.gammaincc(n / variance, score / variance))
+    return float(_special().gammaincc(n / variance, score / variance))
 
 
 # --------------------------------------------------------------------------------------------
