@@ -71,6 +71,8 @@ def run_demo(out: Path, *, n_prompts: int = 48, max_new_tokens: int = 48,
     from fingerprint.watermark import generate
 
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("distilled", "control"):  # answers of an earlier run, to other students
+        (out / f"{name}_answers.jsonl").unlink(missing_ok=True)
     step = _Steps()
 
     step("making keys: a secret watermark key and an Ed25519 report-signing key")

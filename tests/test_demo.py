@@ -26,3 +26,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
         assert "secret" not in path.read_text()
         assert data["schema"].startswith("fingerprint-report/")
     assert oct((tmp_path / "watermark.key").stat().st_mode & 0o777) == "0o600"
+    first_key = (tmp_path / "watermark.key").read_bytes()
+    # a second run into the same folder starts afresh: new key, new students, new answers
+    run_demo(tmp_path, n_prompts=4, max_new_tokens=8, student_steps=3, controls=5)
+    assert "reports written, signed and verified" in capsys.readouterr().out
+    assert (tmp_path / "watermark.key").read_bytes() != first_key
+    for path in sorted(tmp_path.glob("report_*.json")):
+        verify_report(path, tmp_path / "signing.pub.pem")
