@@ -270,6 +270,9 @@ def test_device_tracker_checks_every_id_once(monkeypatch) -> None:
         late[0, 9] = 2**31
         with pytest.raises(TokenIdError, match=str(2**31)):
             proc(t(late), scores.to(DEVICE))
+        more = np.concatenate([late, ids[:, :1]], axis=1)  # going on after the refusal
+        with pytest.raises(TokenIdError, match=str(2**31)):
+            proc(t(more), scores.to(DEVICE))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -215,10 +215,14 @@ class ContextTracker:
         generation. If not, a new generation starts here and the caller redoes its step with
         the new :meth:`windows`. Raises :class:`TokenIdError` for a new id out of range."""
         prev, self._pending = self._pending, None
-        if prev is None or self._continues(input_ids, prev):
+        if prev is None:
             return True
-        self._start(input_ids, True)
-        return False
+        self._prev = None  # until the checks below pass: after a refusal, the next call restarts
+        continued = self._continues(input_ids, prev)
+        if not continued:
+            self._start(input_ids, True)
+        self._prev = input_ids
+        return continued
 
     @staticmethod
     def _continues(input_ids: torch.Tensor, prev: torch.Tensor) -> bool:
