@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from transformers.generation.configuration_utils import BaseWatermarkingConfig
@@ -30,6 +31,7 @@ from fingerprint.core.prf import check_id_range, routes_to_triton
 from fingerprint.errors import ConfigError, InputError
 
 MAX_GENERATION_CONTEXT_WIDTH = 16
+_T = TypeVar("_T")
 # ATen runs an element-wise op of at most this many elements on the calling thread; a larger one
 # forks its thread team, and on a busy machine each fork can wait a whole scheduler slice for a
 # second core. A step of small work (up to SERIAL_CHUNKS such pieces) is therefore run piecewise.
@@ -174,49 +176,49 @@ class ContextTracker:
         self._first: torch.Tensor | None = None  # [B] first column a window may read
         self._max_first: int | None = None  # its maximum, where known on the host
         self.windows_checked = False  # whether the last windows' ids were range-checked here
-        self._pending: torch.Tensor | None = None  # the previous ids, until settle() compares
 
     @property
     def step_index(self) -> int:
-        """Tokens generated so far in the current generation (valid after :meth:`update`)."""
+        """Tokens generated so far in the current generation (valid after :meth:`step`)."""
         return 0 if self._prev is None else int(self._prev.shape[1]) - self.prompt_len
 
-    def update(self, input_ids: torch.Tensor,
-               speculate: bool = False) -> tuple[torch.Tensor, bool]:
-        """(windows [B, h] int64 on the input's device, whether a new generation started).
+    def step(self, input_ids: torch.Tensor,
+             work: Callable[[torch.Tensor], _T]) -> tuple[_T, torch.Tensor, bool]:
+        """``work(windows)`` for this step: (its result, the windows [B, h] int64 on the input's
+        device, whether a new generation started).
 
-        With ``speculate`` on the fused (CUDA) path, a batch that grew by one token is taken to
-        continue the generation without waiting for the comparison: the caller queues its step
-        and then calls :meth:`settle`, so the comparison's wait overlaps the step's kernel.
+        On the fused (CUDA) path a batch that grew by one token is taken to continue the
+        generation while ``work`` is queued, so the comparison's one wait on the GPU overlaps
+        work's kernels; if the batch started a new generation after all, ``work`` runs again on
+        that generation's windows. Raises :class:`TokenIdError` for an id out of range.
         """
+        windows, new, unsettled = self._update(input_ids)
+        result = work(windows)
+        if unsettled is not None and not self._settle(input_ids, unsettled):
+            new, windows = True, self.windows(input_ids)
+            result = work(windows)
+        return result, windows, new
+
+    def _update(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, bool, torch.Tensor | None]:
+        """(windows, whether a new generation started, the previous ids where the comparison
+        with them is left to :meth:`_settle`: on the fused path, for a batch that grew by one)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             raise ConfigError("a logits processor expects input_ids as a [batch, length] tensor")
         prev = self._prev
         grew = (prev is not None and prev.shape[0] == input_ids.shape[0]
                 and prev.shape[1] + 1 == input_ids.shape[1] and prev.device == input_ids.device)
         fused = routes_to_triton(input_ids)
-        self._pending = None
-        if grew and fused:
-            new = False
-            if speculate:
-                self._pending = prev
-            else:
-                new = not self._continues(input_ids, prev)
-        else:
-            new = not (grew and torch.equal(input_ids[:, :-1], prev))
+        unsettled = prev if grew and fused else None
+        new = unsettled is None and not (grew and torch.equal(input_ids[:, :-1], prev))
         if new:
             self._start(input_ids, fused)
         self._prev = input_ids
         self.windows_checked = fused
-        return self.windows(input_ids), new
+        return self.windows(input_ids), new, unsettled
 
-    def settle(self, input_ids: torch.Tensor) -> bool:
-        """After ``update(input_ids, speculate=True)``: whether the step really continued the
-        generation. If not, a new generation starts here and the caller redoes its step with
-        the new :meth:`windows`. Raises :class:`TokenIdError` for a new id out of range."""
-        prev, self._pending = self._pending, None
-        if prev is None:
-            return True
+    def _settle(self, input_ids: torch.Tensor, prev: torch.Tensor) -> bool:
+        """After :meth:`_update`: whether ``input_ids`` really continued ``prev`` (if not, a new
+        generation starts here). Raises :class:`TokenIdError` for a new id out of range."""
         self._prev = None  # until the checks below pass: after a refusal, the next call restarts
         continued = self._continues(input_ids, prev)
         if not continued:

@@ -177,7 +177,6 @@ class GumbelLogitsProcessor(LogitsProcessor):
         self._history: _WindowHistory | None = None  # the same check on the GPU, without syncs
         self._n_watermarked = 0
         self._n_repeated = 0
-        self._device_rows = 0  # steps x rows checked on the device, their repeats not yet read
 
     @property
     def n_watermarked(self) -> int:
@@ -192,11 +191,10 @@ class GumbelLogitsProcessor(LogitsProcessor):
         return self._n_repeated
 
     def _collect_counts(self) -> None:
-        if self._device_rows and self._history is not None:
-            rep = self._history.take_repeats()
+        if self._history is not None:
+            checked, rep = self._history.take_counts()
             self._n_repeated += rep
-            self._n_watermarked += self._device_rows - rep
-        self._device_rows = 0
+            self._n_watermarked += checked - rep
 
     def __repr__(self) -> str:
         return f"GumbelLogitsProcessor({self.config})"
@@ -239,12 +237,8 @@ class GumbelLogitsProcessor(LogitsProcessor):
                              clamp=self._needs_clamp)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        windows, new = self._tracker.update(input_ids, speculate=True)
-        checked = self._tracker.windows_checked
-        choice = self._choose(scores, windows, checked)  # queued before the check's wait
-        if not self._tracker.settle(input_ids):  # a new generation after all: other windows
-            new, windows = True, self._tracker.windows(input_ids)
-            choice = self._choose(scores, windows, checked)
+        choice, windows, new = self._tracker.step(
+            input_ids, lambda w: self._choose(scores, w, self._tracker.windows_checked))
         if new:
             self._collect_counts()
             self._seen = [{} for _ in range(input_ids.shape[0])]
@@ -292,9 +286,7 @@ class GumbelLogitsProcessor(LogitsProcessor):
             self._history = _WindowHistory(windows.shape[0], windows.shape[1], windows.device)
         limit = self.settings.dedup_max_history
         step = self._tracker.step_index
-        repeated = self._history.check_and_add(windows, 0 if limit is None else step - limit, step)
-        self._device_rows += repeated.shape[0]
-        return repeated
+        return self._history.check_and_add(windows, 0 if limit is None else step - limit, step)
 
     def _check_placement(self) -> None:
         """Inside transformers' generate: refuse processors after this one, and greedy search."""
@@ -334,7 +326,7 @@ class _WindowHistory:
         self.windows = torch.empty((rows, 64, width), dtype=torch.int64, device=device)
         self.steps: list[int] = []
         self.repeated = torch.zeros((rows, 64), dtype=torch.int32, device=device)  # per step
-        self.counted = 0  # steps whose repeats were read
+        self.counted = 0  # steps whose repeats were counted
 
     def check_and_add(self, windows: torch.Tensor, oldest: int, step: int) -> torch.Tensor:
         """Rows [B] (int32, 1 or 0) whose window was used at a recorded step >= ``oldest``;
@@ -355,12 +347,14 @@ class _WindowHistory:
         self.steps.append(step)
         return self.repeated[:, n]
 
-    def take_repeats(self) -> int:
-        """Repeats (rows x steps) recorded since the last call (one wait on the device)."""
+    def take_counts(self) -> tuple[int, int]:
+        """(rows x steps checked, how many of them repeated) since the last call (one wait on
+        the device when there are any)."""
         n = len(self.steps)
-        total = int(self.repeated[:, self.counted:n].sum())
+        checked = self.repeated.shape[0] * (n - self.counted)
+        repeats = int(self.repeated[:, self.counted:n].sum()) if checked else 0
         self.counted = n
-        return total
+        return checked, repeats
 
 
 def _find_generation_frames(

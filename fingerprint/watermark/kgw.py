@@ -101,10 +101,7 @@ class KGWLogitsProcessor(LogitsProcessor):
         return u < self.settings.gamma  # compared in u's dtype, as the detector compares
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        windows, _ = self._tracker.update(input_ids, speculate=True)
-        out = self._green_add(windows, scores)
-        if not self._tracker.settle(input_ids):  # a new generation after all: other windows
-            out = self._green_add(self._tracker.windows(input_ids), scores)
+        out, _, _ = self._tracker.step(input_ids, lambda windows: self._green_add(windows, scores))
         return out
 
     def _green_add(self, windows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
