@@ -261,7 +261,7 @@ class PRF(ABC):
         ``checked=True`` says the windows' ids are known to lie in [-1, 2**31 - 1] (the
         processors' trackers check each id once), which spares a wait on the GPU.
         """
-        if _route(logits, "auto") != "triton":
+        if not routes_to_triton(logits):
             return None
         ctx = self._checked_windows(windows, logits, checked)
         return self._triton().green_add(self._kind, self._keys_on(ctx.device), ctx, logits,

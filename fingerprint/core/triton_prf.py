@@ -391,8 +391,9 @@ def _n_blocks(kind: int, vocab: int, mode: int) -> int:
 
 def _row_launch(kind: int, keys: torch.Tensor, ctx: torch.Tensor, vocab: int, mode: int,
                 logits: torch.Tensor | None, out: torch.Tensor, idx: torch.Tensor | None,
-                params: torch.Tensor | None, threshold: int) -> None:
-    n_blocks = _n_blocks(kind, vocab, mode)
+                params: torch.Tensor | None, threshold: int, n_blocks: int | None = None) -> None:
+    if n_blocks is None:
+        n_blocks = _n_blocks(kind, vocab, mode)
     if ctx.shape[0] == 0 or vocab == 0:
         return
     lg = logits if logits is not None else out
@@ -451,7 +452,7 @@ def gumbel_argmax(kind: int, keys: torch.Tensor, ctx: torch.Tensor,
     choice = torch.empty(b, dtype=torch.int64, device=logits.device)
     if b == 0:
         return choice
-    _row_launch(kind, keys, ctx, vocab, 2, logits, best, best_idx, None, 0)
+    _row_launch(kind, keys, ctx, vocab, 2, logits, best, best_idx, None, 0, n_blocks)
     _pick_kernel[(b,)](best, best_idx, choice, n_blocks,
                        BLOCK=max(16, triton.next_power_of_2(n_blocks)))
     return choice
