@@ -34,6 +34,11 @@ class KeyFileError(FingerprintError, OSError):
     """A key file that cannot be read: wrong permissions, corrupt content or wrong version."""
 
 
+class ResourceError(FingerprintError, OSError):
+    """A local model, tokenizer or file that cannot be loaded. Never skipped as a bad row: it
+    stops the run."""
+
+
 class BackendError(FingerprintError, RuntimeError):
     """A compute backend that is unavailable or cannot handle the given arrays."""
 
@@ -44,6 +49,7 @@ __all__ = [
     "FingerprintError",
     "InputError",
     "KeyFileError",
+    "ResourceError",
     "ShapeError",
     "TokenIdError",
     "WatermarkKeyError",

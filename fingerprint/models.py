@@ -16,13 +16,19 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fingerprint.errors import BackendError, ConfigError, FingerprintError, InputError
+from fingerprint.errors import (
+    BackendError,
+    ConfigError,
+    FingerprintError,
+    InputError,
+    ResourceError,
+)
 
 __all__ = [
     "DEFAULT_BOS_TOKEN_ID",
@@ -33,6 +39,7 @@ __all__ = [
     "DEFAULT_PAD_TOKEN_ID",
     "DEFAULT_VOCAB_SIZE",
     "INSTALL_HINT",
+    "LazyTokenizer",
     "ModelNotInstalledError",
     "cache_dir",
     "chat_prompts",
@@ -41,6 +48,7 @@ __all__ = [
     "load_default_model",
     "load_default_tokenizer",
     "load_model",
+    "load_tokenizer",
     "model_fingerprint",
     "tiny_llama",
     "vocab_size_of",
@@ -375,6 +383,59 @@ def load_default_tokenizer() -> Any:
     tokenizer = _load_gguf_tokenizer(gguf)
     _check_chat_template(tokenizer, gguf)
     return _prepare_tokenizer(tokenizer)
+
+
+def load_tokenizer(spec: str) -> Any:
+    """``"default"`` (the embedded SmolLM2 tokenizer) or a local tokenizer folder (nothing is
+    downloaded). Raises :class:`ResourceError` when it cannot be loaded."""
+    if spec == "default":
+        return load_default_tokenizer()
+    path = Path(spec)
+    if not path.exists():
+        raise ResourceError(f"tokenizer {spec!r} is not a local path (nothing is downloaded); "
+                            "pass 'default' or a tokenizer folder")
+    try:
+        return _transformers().AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a folder it cannot read
+        raise ResourceError(f"cannot load a tokenizer from {spec!r}: "
+                            f"{type(exc).__name__}: {exc}") from None
+
+
+class LazyTokenizer:
+    """A tokenizer loaded on first use (corpora of token ids never need one): a spec for
+    :func:`load_tokenizer`, or a tokenizer object. A failed load is raised again at every use."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._spec = tokenizer if isinstance(tokenizer, str) else None
+        self._tok = None if isinstance(tokenizer, str) else tokenizer
+
+    @property
+    def available(self) -> bool:
+        """Whether a tokenizer was given (object or spec)."""
+        return self._tok is not None or self._spec is not None
+
+    def get(self) -> Any:
+        """The tokenizer, loaded on the first call."""
+        if self._tok is None:
+            if self._spec is None:
+                raise ConfigError("the input holds text but no tokenizer was given")
+            self._tok = load_tokenizer(self._spec)
+        return self._tok
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get()(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.get())
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        """The wrapped tokenizer's special ids."""
+        return list(getattr(self.get(), "all_special_ids", []) or [])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Decode ids with the wrapped tokenizer."""
+        return str(self.get().decode(list(ids)))
 
 
 def load_default_model(

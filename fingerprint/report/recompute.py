@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fingerprint import models
 from fingerprint.audit.clients import Answer, prompts_sha256
 from fingerprint.audit.controls import run_controls
 from fingerprint.audit.reading import TeacherText
@@ -78,32 +79,21 @@ class RecomputeResult:
 
 # -- tokenizers ---------------------------------------------------------------------------------
 def load_tokenizer(spec: str) -> Any:
-    """``"default"`` (the embedded SmolLM2 tokenizer) or a local tokenizer folder."""
-    if spec == "default":
-        from fingerprint.models import load_default_tokenizer
-
-        return load_default_tokenizer()
-    if not Path(spec).exists():
+    """``"default"`` (the embedded SmolLM2 tokenizer) or a local tokenizer folder; a path that
+    is not on this machine makes the report not recomputable here."""
+    if spec != "default" and not Path(spec).exists():
         raise NotRecomputableError(f"tokenizer {spec!r} is not a local path (nothing is "
                                    "downloaded); pass --tokenizer PATH", "text.tokenizer")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(spec, local_files_only=True)
+    return models.load_tokenizer(spec)
 
 
-class LazyTokenizer:
+class LazyTokenizer(models.LazyTokenizer):
     """A tokenizer loaded on first use (id corpora never need one); checks a recorded digest."""
 
     def __init__(self, tokenizer: Any, sha256: str | None = None) -> None:
-        self._spec = tokenizer if isinstance(tokenizer, str) else None
-        self._tok = None if isinstance(tokenizer, str) else tokenizer
+        super().__init__(tokenizer)
         self._sha256 = sha256
         self._checked = False
-
-    @property
-    def available(self) -> bool:
-        """Whether a tokenizer was given (object or spec)."""
-        return self._tok is not None or self._spec is not None
 
     def get(self) -> Any:
         """The tokenizer, loaded (and its digest checked) on the first call."""
@@ -120,21 +110,6 @@ class LazyTokenizer:
                     f"records {self._sha256} (text.tokenizer.sha256)", "text.tokenizer.sha256")
         self._checked = True
         return self._tok
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.get()(*args, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.get())
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        """The wrapped tokenizer's special ids."""
-        return list(getattr(self.get(), "all_special_ids", []) or [])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Decode ids with the wrapped tokenizer."""
-        return str(self.get().decode(list(ids)))
 
 
 def _normalize_from(settings: Mapping[str, Any] | None) -> NormalizeConfig | None:
