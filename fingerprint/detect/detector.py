@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fingerprint import stats
-from fingerprint.core import DEFAULT_PRF, get_prf
+from fingerprint.core import DEFAULT_PRF, get_prf, prf_class
 from fingerprint.core.contexts import check_context_width
 from fingerprint.detect.tuples import DedupPolicy, TupleSet, check_dedup, select_positions
 from fingerprint.errors import ConfigError, InputError
@@ -56,6 +56,9 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ConfigError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if not isinstance(self.prf, str):
+            raise ConfigError(f"prf must be a PRF name, got {self.prf!r}")
+        object.__setattr__(self, "prf", prf_class(self.prf).name)  # aliases recorded versioned
         if self.context_width is None:
             object.__setattr__(self, "context_width", DEFAULT_CONTEXT_WIDTH[self.scheme])
         check_context_width(self.context_width)
