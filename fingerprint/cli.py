@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fingerprint.cli_output import check_output
 from fingerprint.errors import FingerprintError
 from fingerprint.keys import WatermarkKey
 
@@ -23,7 +24,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
               "with vLLM", file=sys.stderr)
     else:
         key = WatermarkKey.generate()
-    path = key.save(args.out, overwrite=args.force)
+    path = key.save(check_output(args.out, secret_ok=True), overwrite=args.force)
     print(f"wrote {path} (mode 0600), key id {key.key_id}")
     return 0
 
@@ -51,6 +52,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         key, scheme = WatermarkKey.load(args.key), args.scheme
     make_watermark(scheme, key, gamma=args.gamma, delta=args.delta,  # check before loading
                    context_width=args.context_width, prf=args.prf)
+    check_output(args.out)
     device = args.device
     if device == "auto":
         import torch
@@ -155,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args))
     except FingerprintError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file the command could not read or write
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     if args.command == "demo":
         print(f"done in {time.perf_counter() - start:.1f} s")

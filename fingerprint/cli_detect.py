@@ -10,16 +10,19 @@ from typing import Any
 
 import numpy as np
 
+from fingerprint.cli_output import check_output, write_output
 from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus, record_ids
 from fingerprint.detect.detector import SCHEMES, Detector, DetectorConfig
 from fingerprint.detect.normalize import NormalizeConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
-from fingerprint.errors import ConfigError
+from fingerprint.errors import ConfigError, InputError
 from fingerprint.keys import WatermarkKey
+from fingerprint.models import LazyTokenizer
 
 
 def _add_test_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help=".txt, .jsonl or .parquet files")
+    p.add_argument("inputs", nargs="+",
+                   help=".jsonl, .parquet, or .txt / .md / suffix-less files (one text each)")
     p.add_argument("--scheme", choices=SCHEMES, default="kgw")
     p.add_argument("--prf", default="siphash24-v1", help="siphash24-v1 (default) or philox")
     p.add_argument("--gamma", type=float, default=0.25, help="KGW green fraction")
@@ -57,6 +60,10 @@ def add_parsers(sub: Any) -> None:
     _add_test_options(p)
     p.add_argument("--n-keys", type=int, default=500)
     p.add_argument("--alpha-levels", type=float, nargs="+", default=[0.01, 0.05])
+    p.add_argument("--seed", type=int, default=None,
+                   help="draw the random keys from this seed (reproducible runs; default: the "
+                        "OS's CSPRNG)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -74,18 +81,6 @@ def _keys(args: argparse.Namespace) -> list[WatermarkKey]:
     return keys
 
 
-def _tokenizer(spec: str) -> Any:
-    if spec == "default":
-        from fingerprint.models import load_default_tokenizer
-
-        return load_default_tokenizer()
-    from transformers import AutoTokenizer
-
-    if not Path(spec).exists():
-        raise ConfigError(f"tokenizer {spec!r} is not a local path (nothing is downloaded)")
-    return AutoTokenizer.from_pretrained(spec, local_files_only=True)
-
-
 def _reader(args: argparse.Namespace) -> CorpusReader:
     return CorpusReader([Path(p) for p in args.inputs], text_field=args.text_field,
                         ids_field=args.ids_field, prompt_ids_field=args.prompt_ids_field)
@@ -93,29 +88,6 @@ def _reader(args: argparse.Namespace) -> CorpusReader:
 
 def _normalize(args: argparse.Namespace) -> NormalizeConfig:
     return NormalizeConfig(form=args.normalize, homoglyphs=args.homoglyphs)
-
-
-class _LazyTokenizer:
-    """Loads the tokenizer only if a text record shows up."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = spec
-        self._tok: Any = None
-
-    def get(self) -> Any:
-        if self._tok is None:
-            self._tok = _tokenizer(self.spec)
-        return self._tok
-
-    def __call__(self, *a: Any, **k: Any) -> Any:
-        return self.get()(*a, **k)
-
-    def __len__(self) -> int:
-        return len(self.get())
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return list(self.get().all_special_ids)
 
 
 def _print_skipped(skipped: list[Skipped]) -> None:
@@ -129,7 +101,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     """Run the exact test on the inputs, print a table, write JSON."""
     cfg = _config(args)
     keys = _keys(args)
-    tok = _LazyTokenizer(args.tokenizer)
+    out_path = check_output(args.out)
+    tok = LazyTokenizer(args.tokenizer)
     rows = []
     skipped: list[Skipped] = []
     for key in keys:
@@ -145,6 +118,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from fingerprint import stats
 
     corrected = stats.combine_bonferroni_log10(rows[best].log10_pvalue, len(rows))
+    out = {"config": cfg.to_dict(), "results": [r.to_dict() for r in rows],
+           "best_key_id": rows[best].key_id, "family_wise_log10_pvalue": corrected,
+           "skipped": [vars(s) for s in skipped]}
+    if out_path is not None:
+        write_output(out_path, json.dumps(out, indent=2))
     print(f"\n{'key id':<38}{'scored':>10}{'statistic':>14}{'log10 p':>12}{'p':>12}")
     for r in rows:
         print(f"{r.key_id:<38}{r.n_scored:>10}{r.statistic:>14.4g}{r.log10_pvalue:>12.3f}"
@@ -156,13 +134,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if rows[best].no_evidence:
         print("no evidence: nothing was scored")
     _print_skipped(skipped)
-    out = {"config": cfg.to_dict(), "results": [r.to_dict() for r in rows],
-           "best_key_id": rows[best].key_id, "family_wise_log10_pvalue": corrected,
-           "skipped": [vars(s) for s in skipped]}
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.out}")
+    if out_path is not None:
+        print(f"wrote {out_path}")
+    return _exit_unusable(skipped, rows[best].n_positions == 0)
+
+
+def _exit_unusable(skipped: list[Skipped], nothing_read: bool) -> int:
+    """0, or 2 (a usage error) when rows were given but every one was skipped."""
+    if skipped and nothing_read:
+        print(f"error: every row with data was skipped ({len(skipped)}); check the field "
+              "options (--ids-field, --text-field) and the reasons above", file=sys.stderr)
+        return 2
     return 0
+
+
+def _check_calibration_options(args: argparse.Namespace) -> None:
+    """Refuse bad levels and key counts before any scoring."""
+    if args.n_keys < 2:
+        raise ConfigError(f"--n-keys must be at least 2, got {args.n_keys}")
+    for a in args.alpha_levels:
+        if not 0.0 < a < 1.0:
+            raise ConfigError(f"--alpha-levels must lie strictly between 0 and 1, got {a}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -170,20 +162,49 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from fingerprint.detect.calibrate import calibrate
 
     cfg = _config(args)
+    _check_calibration_options(args)
+    out_path = check_output(args.out)
+    progress = not args.quiet
     if args.engine:
-        return _calibrate_engine(args, cfg)
-    reader = _reader(args)
-    tok = _LazyTokenizer(args.tokenizer)
-    seqs, proms = [], []
-    for rec in reader:
-        ids = record_ids(rec, tok, _normalize(args), None)
-        if isinstance(ids, Skipped):
-            reader.skipped.append(ids)
-            continue
-        seqs.append(ids)
-        proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
-    rep = calibrate(seqs, cfg, prompts=proms, n_keys=args.n_keys,
-                    alphas=tuple(args.alpha_levels), progress=True)
+        opts = {**_engine_options(args), "n_keys": args.n_keys,
+                "alphas": tuple(args.alpha_levels), "seed": args.seed}
+        if args.engine == "ray":
+            from fingerprint.engines.ray_engine import calibrate_ray
+
+            rep, skipped = calibrate_ray(args.inputs, cfg, progress=progress, **opts)
+        else:
+            from fingerprint.engines.stream import calibrate_stream
+
+            rep, skipped = calibrate_stream(args.inputs, cfg, progress=progress, **opts)
+    else:
+        reader = _reader(args)
+        tok = LazyTokenizer(args.tokenizer)
+        seqs, proms = [], []
+        for rec in reader:
+            ids = record_ids(rec, tok, _normalize(args), None)
+            if isinstance(ids, Skipped):
+                reader.skipped.append(ids)
+                continue
+            seqs.append(ids)
+            proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
+        skipped = reader.skipped
+        if not seqs:
+            _print_skipped(skipped)
+            raise InputError("nothing to calibrate on: the inputs hold no usable row")
+        rep = calibrate(seqs, cfg, prompts=proms, n_keys=args.n_keys,
+                        alphas=tuple(args.alpha_levels), seed=args.seed, progress=progress)
+    return _finish_calibration(rep, skipped, out_path)
+
+
+def _finish_calibration(rep: Any, skipped: list[Skipped], out_path: Path | None) -> int:
+    """Write, then print, a calibration report: exit 0 if calibrated, 1 if not."""
+    if rep.n_scored == 0:
+        _print_skipped(skipped)
+        raise InputError("nothing to calibrate on: no tuple was scored (a p-value of no "
+                         "evidence is uniform by construction and calibrates nothing)")
+    if out_path is not None:
+        write_output(out_path, json.dumps({**rep.to_dict(), "skipped": [vars(s) for s in skipped]},
+                                          indent=2))
     s = rep.summary
     print(f"\n{rep.n_keys} random keys, {rep.n_scored} scored tuples per key")
     for a, f, (lo, hi), ok in zip(s.alphas, s.fpr, s.fpr_ci, s.alpha_inside, strict=True):
@@ -191,22 +212,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"{'ok' if ok else 'OUT OF INTERVAL'}")
     print(f"  KS vs U(0,1): statistic {s.ks_statistic:.4f}, p {s.ks_pvalue:.3g}")
     print("calibrated" if rep.calibrated else "NOT CALIBRATED: p-values are not uniform")
-    _print_skipped(reader.skipped)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rep.to_dict(), indent=2))
-        print(f"wrote {args.out}")
+    _print_skipped(skipped)
+    if out_path is not None:
+        print(f"wrote {out_path}")
     return 0 if rep.calibrated else 1
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     from fingerprint.engines.stream import Fields
 
-    return {"tokenizer": _LazyTokenizer(args.tokenizer), "normalize": _normalize(args),
+    return {"tokenizer": LazyTokenizer(args.tokenizer), "normalize": _normalize(args),
             "fields": Fields(args.text_field, args.ids_field, args.prompt_ids_field)}
 
 
 def _detect_engine(args: argparse.Namespace, key: WatermarkKey, cfg: DetectorConfig,
-                   tok: _LazyTokenizer) -> tuple[Any, list[Skipped]]:
+                   tok: LazyTokenizer) -> tuple[Any, list[Skipped]]:
     """``detect --engine``: one key on the streaming or the Ray engine."""
     opts = {**_engine_options(args), "tokenizer": tok}
     if args.engine == "ray":
@@ -216,31 +236,6 @@ def _detect_engine(args: argparse.Namespace, key: WatermarkKey, cfg: DetectorCon
     from fingerprint.engines.stream import detect_stream
 
     return detect_stream(args.inputs, Detector(key, cfg), progress=not args.quiet, **opts)
-
-
-def _calibrate_engine(args: argparse.Namespace, cfg: DetectorConfig) -> int:
-    """``calibrate --engine``: the streaming or the Ray engine, same report."""
-    opts = {**_engine_options(args), "n_keys": args.n_keys, "alphas": tuple(args.alpha_levels)}
-    if args.engine == "ray":
-        from fingerprint.engines.ray_engine import calibrate_ray
-
-        rep, skipped = calibrate_ray(args.inputs, cfg, progress=True, **opts)
-    else:
-        from fingerprint.engines.stream import calibrate_stream
-
-        rep, skipped = calibrate_stream(args.inputs, cfg, progress=True, **opts)
-    s = rep.summary
-    print(f"\n{rep.n_keys} random keys, {rep.n_scored} scored tuples per key")
-    for a, f, (lo, hi), ok in zip(s.alphas, s.fpr, s.fpr_ci, s.alpha_inside, strict=True):
-        print(f"  alpha {a:<6} empirical FPR {f:.4f}  99% CI [{lo:.4f}, {hi:.4f}]  "
-              f"{'ok' if ok else 'OUT OF INTERVAL'}")
-    print(f"  KS vs U(0,1): statistic {s.ks_statistic:.4f}, p {s.ks_pvalue:.3g}")
-    print("calibrated" if rep.calibrated else "NOT CALIBRATED: p-values are not uniform")
-    _print_skipped(skipped)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rep.to_dict(), indent=2))
-        print(f"wrote {args.out}")
-    return 0 if rep.calibrated else 1
 
 
 __all__ = ["add_parsers", "cmd_calibrate", "cmd_detect"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fingerprint.cli_output import check_output
 from fingerprint.errors import ConfigError
 from fingerprint.report.model import ReportError, dump_report, load_report
 from fingerprint.report.sign import (
@@ -81,7 +82,8 @@ def cmd_keygen_signing(args: argparse.Namespace) -> int:
     """``fingerprint keygen --signing --out FILE [--force]``."""
     if getattr(args, "from_int", None) is not None:
         raise ConfigError("--signing makes an Ed25519 key pair; --from-int does not apply")
-    pub = make_signing_key(args.out, overwrite=bool(getattr(args, "force", False)))
+    out = check_output(args.out, secret_ok=True)
+    pub = make_signing_key(out, overwrite=bool(getattr(args, "force", False)))
     fp = public_key_sha256(load_public_key(pub))
     print(f"wrote {args.out} (private, mode 0600) and {pub} (public); public key sha256:{fp}")
     return EXIT_OK
@@ -100,6 +102,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.data is not None and args.key is None and args.int_key is None:
         raise ConfigError("--data needs the watermark key: --key key.file (or --int-key N)")
+    if args.key is not None and args.int_key is not None:
+        raise ConfigError("pass either --key or --int-key, not both")
+    if args.data is None and (args.key is not None or args.int_key is not None
+                              or args.suspect is not None):
+        raise ConfigError("--key, --int-key and --suspect recompute numbers: pass --data DIR too")
+    _need_file(args.report, "report")
+    _need_file(args.public_key, "--public-key")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data} is not a folder")
     try:
         res = verify_report(args.report, args.public_key)
     except (ReportError, SigningKeyError) as err:
@@ -128,19 +139,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    """Write the HTML page of a report."""
-    from fingerprint.report.html import write_html
+def _need_file(path: str, what: str) -> None:
+    """A usage error (exit 2), not a failed check, when a file given on the line is missing."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{what} {path} does not exist or is not a file")
 
-    out = write_html(load_report(args.report), args.out, public_key=args.public_key)
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Write the HTML page of a report; with ``--public-key``, print the signature's state too
+    (exit 1 when it is invalid, as ``verify`` does)."""
+    from fingerprint.report.html import signature_status, write_html
+
+    _need_file(args.report, "report")
+    if args.public_key is not None:
+        _need_file(args.public_key, "--public-key")
+        load_public_key(args.public_key)  # a file that is not a public key is a usage error
+    out_path = check_output(args.out)
+    report = load_report(args.report)
+    status = signature_status(report, args.public_key)
+    out = write_html(report, out_path, public_key=args.public_key)
     print(f"wrote {out}")
-    return EXIT_OK
+    print(status["text"], file=sys.stderr if status["state"] == "invalid" else sys.stdout)
+    return EXIT_FAILED if status["state"] == "invalid" else EXIT_OK
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign a report file; the signed report is written in canonical form."""
+    out_path = check_output(args.out)
     signed = sign_report(load_report(args.report), args.signing_key)
-    out = dump_report(signed, Path(args.out))
+    out = dump_report(signed, out_path)
     print(f"wrote {out}, signed by public key sha256:{signed['signature']['public_key_sha256']}")
     return EXIT_OK
 
