@@ -490,8 +490,9 @@ def _data_context(progress: bool, shuffle: str | None) -> Iterator[None]:
     ctx.op_resource_reservation_enabled = False
     if shuffle is not None:
         ctx.shuffle_strategy = ShuffleStrategy(shuffle)
-    if not progress:
-        log.setLevel(logging.WARNING)
+    # A task's error is raised again on the driver as this package's own error (or as it came,
+    # with its traceback); Ray Data's ERROR logs would only repeat it as pages of tracebacks.
+    log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -501,17 +502,29 @@ def _data_context(progress: bool, shuffle: str | None) -> Iterator[None]:
 
 
 def _fingerprint_cause(err: BaseException) -> FingerprintError | None:
+    """This package's error that a failed Ray job carries, with the retry advice Ray Data
+    appends to its message taken off again; None if there is none."""
     seen: set[int] = set()
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         cause = getattr(e, "cause", None)
         if isinstance(cause, FingerprintError):
-            return cause
+            return _without_retry_advice(cause)
         if isinstance(e, FingerprintError) and type(e).__module__.startswith("fingerprint"):
-            return e
+            return _without_retry_advice(e)
         e = cause if isinstance(cause, BaseException) else e.__cause__ or e.__context__
     return None
+
+
+_RETRY_ADVICE = "\nFailed to apply UDF transform after "
+
+
+def _without_retry_advice(err: FingerprintError) -> FingerprintError:
+    """``err`` with its first argument cut before the advice Ray Data adds on a failed task."""
+    if err.args and isinstance(err.args[0], str) and _RETRY_ADVICE in err.args[0]:
+        err.args = (err.args[0].split(_RETRY_ADVICE, 1)[0], *err.args[1:])
+    return err
 
 
 def _start() -> Any:
