@@ -10,10 +10,14 @@ random key, so:
 * the rank of the real key's statistic among the controls gives an empirical p-value,
   ``(1 + #{controls >= real}) / (M + 1)``, valid without any distributional assumption
   (though it cannot go below ``1 / (M + 1)``).
+
+The keys come from a seed, drawn when none is given and recorded with the result, so that the
+controls can always be recomputed (``fingerprint verify``).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +31,7 @@ from fingerprint.detect.calibrate import (
     results_under_keys,
 )
 from fingerprint.detect.detector import DetectionResult, DetectorConfig
+from fingerprint.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class ControlsResult:
     ks_pvalue: float
     fpr_at_001: float
     calibrated: bool
+    seed: int | None = None  # the seed of the control keys (random_keys(n_keys, seed))
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,12 @@ class AuditResult:
         return asdict(self)
 
 
+# Fewest control keys an audit run from the command line accepts. Below it the controls say
+# little: the empirical p-value cannot go below 1 / (M + 1) (0.05 at M = 19), and the KS test of
+# the controls' p-values against U(0, 1) at level 0.01 (the calibration check) misses all but
+# gross dependence. 100 (the default) or more is the advice.
+MIN_CONTROLS = 20
+
 AUDIT_NULL = ("the suspect model was not trained on text carrying this watermark key: its "
               "predictions are independent of the key")
 
@@ -86,7 +98,14 @@ def run_controls(
     seed: int | None = None,
     progress: bool = False,
 ) -> ControlsResult:
-    """Score ``batches`` under ``n_keys`` random keys and compare the real key's statistic."""
+    """Score ``batches`` under ``n_keys`` random keys and compare the real key's statistic.
+
+    The keys are drawn from ``seed``; without one a seed is drawn and recorded in the result.
+    """
+    if n_keys < 1:
+        raise ConfigError(f"the controls need at least one random key, got n_keys={n_keys}")
+    if seed is None:
+        seed = secrets.randbits(63)
     results = results_under_keys(batches, config, random_keys(n_keys, seed),
                                  progress="control keys" if progress else None)
     stat = np.array([r.statistic for r in results])
@@ -96,7 +115,7 @@ def run_controls(
     return ControlsResult(
         n_keys=n_keys, statistics=stat.tolist(), log10_pvalues=logps, empirical_pvalue=emp,
         ks_statistic=float(summary.ks_statistic), ks_pvalue=float(summary.ks_pvalue),
-        fpr_at_001=float(summary.fpr[0]), calibrated=bool(summary.calibrated))
+        fpr_at_001=float(summary.fpr[0]), calibrated=bool(summary.calibrated), seed=seed)
 
 
 def control_warnings(controls: ControlsResult) -> list[str]:
@@ -111,4 +130,5 @@ def control_warnings(controls: ControlsResult) -> list[str]:
     ]
 
 
-__all__ = ["AUDIT_NULL", "AuditResult", "ControlsResult", "control_warnings", "run_controls"]
+__all__ = ["AUDIT_NULL", "MIN_CONTROLS", "AuditResult", "ControlsResult", "control_warnings",
+           "run_controls"]
