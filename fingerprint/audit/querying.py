@@ -25,14 +25,15 @@ import numpy as np
 
 from fingerprint.audit.clients import Answer, SuspectClient, query_with_checkpoint
 from fingerprint.audit.controls import AUDIT_NULL, AuditResult, control_warnings, run_controls
-from fingerprint.audit.reading import TeacherText
+from fingerprint.audit.reading import TeacherText, split_out_of_vocab, vocab_warning
 from fingerprint.core.contexts import tuple_keys
 from fingerprint.detect.calibrate import ScoredBatch
+from fingerprint.detect.corpus import Skipped
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
 from fingerprint.detect.normalize import NormalizeConfig
 from fingerprint.detect.text import encode_text
 from fingerprint.detect.tuples import TupleSet, in_row_set
-from fingerprint.errors import ConfigError, InputError
+from fingerprint.errors import ConfigError, InputError, TokenIdError
 from fingerprint.keys import WatermarkKey
 
 
@@ -106,6 +107,15 @@ def audit_closed(
     """
     cfg = config or DetectorConfig()
     h = cfg.h
+    if n_controls < 1:
+        raise ConfigError(f"n_controls must be at least 1, got {n_controls}")
+    vocab = len(tokenizer)
+    dropped: list[Skipped] = []
+    if teacher is not None:
+        teacher, dropped = split_out_of_vocab(teacher, vocab)
+        if not teacher:
+            raise TokenIdError(f"no teacher text has all its token ids inside [0, {vocab}), the "
+                               "tokenizer's vocabulary: the filter phi has no windows")
     t0 = time.perf_counter()
     answers = query_with_checkpoint(client, list(prompts), Path(checkpoint), progress=progress)
     t_query = time.perf_counter() - t0
@@ -115,7 +125,6 @@ def audit_closed(
     state = det.new_state()
     scored: list[ScoredBatch] = []
     curve: list[tuple[int, float]] = []
-    vocab = len(tokenizer)
     t1 = time.perf_counter()
     usable: list[Answer] = [a for a in answers if a.error is None and a.text.strip()]
     for i in range(0, len(usable), 256):
@@ -136,7 +145,7 @@ def audit_closed(
     real = det.result(state)
     t2 = time.perf_counter()
     controls = run_controls(scored, cfg, real, n_keys=n_controls, seed=seed, progress=progress)
-    warnings = control_warnings(controls)
+    warnings = control_warnings(controls) + ([vocab_warning(dropped)] if dropped else [])
     if failed:
         warnings.append(f"{len(failed)} of {len(answers)} queries failed after retries and are "
                         f"not scored: prompt indices {[a.index for a in failed][:50]}")

@@ -37,24 +37,58 @@ from fingerprint.detect.calibrate import ScoredBatch
 from fingerprint.detect.corpus import CorpusReader, Skipped
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
 from fingerprint.detect.tuples import first_in_row
-from fingerprint.errors import ConfigError, InputError
+from fingerprint.errors import ConfigError, InputError, TokenIdError
 from fingerprint.keys import WatermarkKey
 
 
 @dataclass(frozen=True)
 class TeacherText:
-    """One watermarked teacher completion and the prompt it answered (token ids)."""
+    """One watermarked teacher completion and the prompt it answered (token ids).
+
+    ``source`` and ``row`` say where it was read from (file and 1-based row), when known.
+    """
 
     prompt_ids: Sequence[int]
     completion_ids: Sequence[int]
+    source: str | None = None
+    row: int | None = None
 
 
-def read_teacher(path: str | os.PathLike[str]) -> tuple[list[TeacherText], list[Skipped]]:
+def ids_outside(ids: Sequence[int], vocab_size: int | None) -> bool:
+    """True when some id is negative or, given ``vocab_size``, not below it."""
+    if not len(ids):
+        return False
+    arr = np.asarray(ids, dtype=np.int64)
+    return bool(arr.min() < 0 or (vocab_size is not None and arr.max() >= vocab_size))
+
+
+def split_out_of_vocab(teacher: Sequence[TeacherText], vocab_size: int | None
+                       ) -> tuple[list[TeacherText], list[Skipped]]:
+    """The texts whose prompt and completion ids all lie in ``[0, vocab_size)``, and the others
+    as skipped rows (such ids cannot be the suspect's tokens: a wrong tokenizer or a corrupt
+    file). ``vocab_size`` None checks for negative ids only."""
+    keep: list[TeacherText] = []
+    skipped: list[Skipped] = []
+    bound = "0" if vocab_size is None else f"[0, {vocab_size})"
+    for i, t in enumerate(teacher):
+        if ids_outside(t.prompt_ids, vocab_size) or ids_outside(t.completion_ids, vocab_size):
+            reason = (f"token ids outside {bound}: wrong tokenizer?" if vocab_size is not None
+                      else "negative token ids")
+            known = t.source is not None and t.row is not None
+            skipped.append(Skipped(t.source if known else "", t.row if known else i, reason))
+        else:
+            keep.append(t)
+    return keep, skipped
+
+
+def read_teacher(path: str | os.PathLike[str], vocab_size: int | None = None
+                 ) -> tuple[list[TeacherText], list[Skipped]]:
     """The teacher's watermarked corpus: token ids per row (``completion_token_ids``, with
     ``prompt_token_ids`` when present), in file order, as written by ``fingerprint generate``.
 
-    Unreadable rows are returned as skipped; a row holding text instead of ids is refused:
-    audits need the teacher's exact tokens.
+    Unreadable rows are returned as skipped, and so are rows with negative ids or, given
+    ``vocab_size``, ids not below it; a row holding text instead of ids is refused: audits
+    need the teacher's exact tokens.
     """
     reader = CorpusReader([Path(path)])
     out = []
@@ -62,10 +96,28 @@ def read_teacher(path: str | os.PathLike[str]) -> tuple[list[TeacherText], list[
         if rec.ids is None:
             raise InputError(f"{rec.source} row {rec.row} holds text, not token ids: the "
                              "teacher corpus must hold the watermarked token ids")
-        out.append(TeacherText(list(rec.prompt_ids or []), list(rec.ids)))
+        out.append(TeacherText(list(rec.prompt_ids or []), list(rec.ids), rec.source, rec.row))
+    out, bad = split_out_of_vocab(out, vocab_size)
+    skipped = sorted(reader.skipped + bad, key=lambda s: s.row)
     if not out:
-        raise InputError(f"{path} holds no usable teacher text (need completion_token_ids)")
-    return out, reader.skipped
+        first = f"; first skipped: row {skipped[0].row}: {skipped[0].reason}" if skipped else ""
+        raise InputError(f"{path} holds no usable teacher text (need completion_token_ids"
+                         f"{'' if vocab_size is None else f' inside [0, {vocab_size})'}; "
+                         f"{len(skipped)} rows skipped{first})")
+    return out, skipped
+
+
+def where(s: Skipped) -> str:
+    """``file row N`` for a row read from a file, else ``teacher text I`` (0-based position)."""
+    return f"{s.source} row {s.row}" if s.source else f"teacher text {s.row}"
+
+
+def vocab_warning(skipped: Sequence[Skipped], limit: int = 20) -> str:
+    """One warning listing teacher rows left out for ids outside the vocabulary."""
+    rows = ", ".join(where(s) for s in skipped[:limit])
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return (f"{len(skipped)} teacher texts not used, their token ids lie outside the "
+            f"vocabulary ({skipped[0].reason}): {rows}{more}")
 
 
 def suspect_vocab_size(model: Any) -> int:
@@ -134,8 +186,15 @@ def audit_open(
             f"the suspect's vocabulary has {width} entries, the teacher's {vocab_size}: the audit "
             "needs the suspect to use the teacher's tokenizer (cross-tokenizer audits are not "
             "supported yet)")
+    if n_controls < 1:
+        raise ConfigError(f"n_controls must be at least 1, got {n_controls}")
     if not teacher:
         raise InputError("the teacher corpus is empty")
+    teacher, dropped = split_out_of_vocab(teacher, vocab_size)
+    if not teacher:
+        raise TokenIdError(f"no teacher text has all its token ids inside [0, {vocab_size}), "
+                           f"the suspect's vocabulary ({where(dropped[0])} is the first): was "
+                           "the corpus made with another tokenizer?")
     det = Detector(key, cfg)
     state = det.new_state()
     scored: list[ScoredBatch] = []
@@ -176,8 +235,8 @@ def audit_open(
         suspect=suspect_info or {}, inputs=inputs_info or {"teacher_texts": len(teacher)},
         curve=curve, timing={"forward_s": t_forward, "scoring_s": t_score,
                              "controls_s": t_controls},
-        warnings=control_warnings(controls))
+        warnings=control_warnings(controls) + ([vocab_warning(dropped)] if dropped else []))
 
 
-__all__ = ["TeacherText", "audit_open", "predict_topk", "read_teacher", "seen_window_earlier",
-           "suspect_vocab_size"]
+__all__ = ["TeacherText", "audit_open", "ids_outside", "predict_topk", "read_teacher",
+           "seen_window_earlier", "split_out_of_vocab", "suspect_vocab_size", "vocab_warning"]
