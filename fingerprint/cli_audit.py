@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from fingerprint.detect.detector import SCHEMES, DetectorConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
 from fingerprint.errors import ConfigError
 from fingerprint.keys import WatermarkKey
+from fingerprint.report.model import DEFAULT_SIGNIFICANCE
 
 
 def add_parsers(sub: Any) -> None:
@@ -54,12 +56,27 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the random control keys (recorded, so controls can be redone)")
+    p.add_argument("--significance", type=significance_level, default=DEFAULT_SIGNIFICANCE,
+                   help="level of the verdict, printed and in the report (default "
+                        f"{DEFAULT_SIGNIFICANCE:g}): H0 is rejected when p <= it")
     p.add_argument("--out", default="audit.json", help="machine-readable result (JSON)")
     p.add_argument("--report", default=None,
                    help="also write an evidence report here (JSON, plus .html beside it)")
     p.add_argument("--signing-key", default=None,
                    help="Ed25519 key (from `fingerprint keygen --signing`) to sign the report")
     p.set_defaults(func=cmd_audit)
+
+
+def significance_level(text: str) -> float:
+    """``--significance``: a number strictly between 0 and 1."""
+    try:
+        level = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < level < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"the significance level must lie strictly between 0 and 1, got {text}")
+    return level
 
 
 def file_digest(path: str | Path) -> str:
@@ -71,28 +88,59 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def print_summary(res: AuditResult) -> None:
-    """A one-screen summary of an audit."""
+def verdict(res: AuditResult, significance: float) -> tuple[str, str]:
+    """(decision, sentence) at ``significance``: the decision is the report's verdict."""
+    d = res.detection
+    if d.no_evidence or d.n_scored == 0:
+        return "no_evidence", ("NO EVIDENCE: nothing was scored, so H0 cannot be tested either "
+                               "way")
+    if not res.controls.calibrated:
+        return "inconclusive", ("INCONCLUSIVE: the controls failed calibration, the p-value "
+                                "cannot be relied on")
+    if d.log10_pvalue <= math.log10(significance):
+        return "reject", "REJECTED: the suspect's outputs carry the watermark"
+    return "not_rejected", "not rejected: no evidence the suspect was trained on watermarked text"
+
+
+def _why_nothing_scored(res: AuditResult) -> str:
+    if res.mode == "open":
+        return "every position of the teacher text was excluded or the texts are too short"
+    info = res.inputs
+    answers, empty = int(info.get("answers", 0)), int(info.get("empty_answers", 0))
+    failed = len(info.get("failed_queries") or [])
+    usable = answers - failed - empty
+    if usable <= 0:
+        return f"no usable answer: {answers} answers, {failed} failed, {empty} empty"
+    rules = "made of the prompt" + (" or outside the filter phi" if info.get("filter_phi") else "")
+    return f"every window of the {usable} usable answers was excluded ({rules})"
+
+
+def print_summary(res: AuditResult, significance: float = DEFAULT_SIGNIFICANCE) -> None:
+    """A one-screen summary of an audit, with its verdict at ``significance``."""
     d, c = res.detection, res.controls
-    verdict = ("REJECTED: the suspect's outputs carry the watermark" if d.log10_pvalue < -6
-               else "not rejected: no evidence the suspect was trained on watermarked text")
+    decision, sentence = verdict(res, significance)
     print(f"\n== audit ({res.mode} mode) ==")
     print(f"H0: {res.null_hypothesis}")
     print(f"tuples scored     {d.n_scored:,} of {d.n_positions:,} positions")
-    if d.n_green is not None:
-        print(f"green rate        {d.green_rate:.4f}  (gamma {res.config['gamma']})")
+    if decision == "no_evidence":
+        why = _why_nothing_scored(res)
+        print(f"no evidence       no tuple was scored ({why}); there is no p-value to report")
     else:
-        print(f"score sum         {d.score_sum:.4f}")
-    print(f"exact p           {d.pvalue:.3g}  (log10 p = {d.log10_pvalue:.2f})")
-    print(f"controls          {c.n_keys} random keys: empirical p {c.empirical_pvalue:.3g}, "
-          f"KS p {c.ks_pvalue:.3g}, {'calibrated' if c.calibrated else 'NOT CALIBRATED'}")
-    print(f"verdict at 1e-6   {verdict}")
+        if d.green_rate is not None:
+            print(f"green rate        {d.green_rate:.4f}  (gamma {res.config['gamma']})")
+        elif d.score_sum is not None:
+            print(f"score sum         {d.score_sum:.4f}")
+        print(f"exact p           {d.pvalue:.3g}  (log10 p = {d.log10_pvalue:.2f})")
+        print(f"controls          {c.n_keys} random keys: empirical p "
+              f"{c.empirical_pvalue:.3g}, KS p {c.ks_pvalue:.3g}, "
+              f"{'calibrated' if c.calibrated else 'NOT CALIBRATED'}")
+    print(f"verdict at {significance:g}  {sentence}")
     for w in res.warnings:
         print(f"WARNING: {w}")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Run an audit and write its result."""
+    """Run an audit, write its result (and report), then print a summary."""
     from fingerprint.models import load_default_tokenizer, load_model, model_fingerprint
 
     key = WatermarkKey.load(args.key)
@@ -144,11 +192,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
                            seed=args.seed, progress=True, inputs_info=inputs)
         res.inputs["answers_checkpoint"] = {"path": str(checkpoint),
                                             "sha256": file_digest(checkpoint)}
-    print_summary(res)
+    # written before anything is printed: a summary that fails must not lose the result
     Path(args.out).write_text(json.dumps(res.to_dict(), indent=2))
     print(f"wrote {args.out}")
     if args.report:
         write_report(args, res, tok, model if args.mode == "open" else None)
+    print_summary(res, args.significance)
     return 0
 
 
@@ -162,7 +211,8 @@ def write_report(args: argparse.Namespace, res: AuditResult, tokenizer: Any, mod
     if args.mode == "closed":
         inputs["prompts"] = Path(args.prompts)
         inputs["answers"] = Path(res.inputs["answers_checkpoint"]["path"])
-    report = report_from_audit(res, inputs=inputs, controls_seed=args.seed, tokenizer=tokenizer,
+    report = report_from_audit(res, inputs=inputs, significance=args.significance,
+                               controls_seed=args.seed, tokenizer=tokenizer,
                                tokenizer_spec="default", vocab_size=len(tokenizer),
                                suspect_model=model)
     public = None
@@ -174,4 +224,5 @@ def write_report(args: argparse.Namespace, res: AuditResult, tokenizer: Any, mod
     print(f"wrote {path} ({'signed' if public else 'unsigned'}) and {html}")
 
 
-__all__ = ["add_parsers", "cmd_audit", "file_digest", "print_summary"]
+__all__ = ["add_parsers", "cmd_audit", "file_digest", "print_summary",
+           "significance_level", "verdict"]
