@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fingerprint.audit.controls import AuditResult
+from fingerprint.audit.controls import MIN_CONTROLS, AuditResult
 from fingerprint.audit.reading import read_teacher
 from fingerprint.detect.detector import SCHEMES, DetectorConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
@@ -42,7 +42,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--gamma", type=float, default=0.25)
     p.add_argument("--context-width", type=int, default=None)
     p.add_argument("--dedup", choices=DEDUP_POLICIES, default=None)
-    p.add_argument("--controls", type=int, default=100, help="random control keys (M)")
+    p.add_argument("--controls", type=controls_count, default=100,
+                   help=f"random control keys (M, default 100, at least {MIN_CONTROLS}: fewer "
+                        "say too little about the audit's calibration; 100 or more advised)")
     p.add_argument("--top-k", type=int, default=1, help="open mode: predictions scored per "
                                                          "position")
     p.add_argument("--filter-top-n", type=int, default=None,
@@ -55,7 +57,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--retries", type=int, default=5)
     p.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of the random control keys (recorded, so controls can be redone)")
+                   help="seed of the random control keys (drawn when not given; recorded either "
+                        "way, so controls can be redone)")
     p.add_argument("--significance", type=significance_level, default=DEFAULT_SIGNIFICANCE,
                    help="level of the verdict, printed and in the report (default "
                         f"{DEFAULT_SIGNIFICANCE:g}): H0 is rejected when p <= it")
@@ -65,6 +68,19 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--signing-key", default=None,
                    help="Ed25519 key (from `fingerprint keygen --signing`) to sign the report")
     p.set_defaults(func=cmd_audit)
+
+
+def controls_count(text: str) -> int:
+    """``--controls``: an integer, at least :data:`MIN_CONTROLS`."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < MIN_CONTROLS:
+        raise argparse.ArgumentTypeError(
+            f"{n} control keys are too few to check the audit's calibration: use at least "
+            f"{MIN_CONTROLS} (100 or more advised)")
+    return n
 
 
 def significance_level(text: str) -> float:
@@ -131,7 +147,7 @@ def print_summary(res: AuditResult, significance: float = DEFAULT_SIGNIFICANCE) 
         elif d.score_sum is not None:
             print(f"score sum         {d.score_sum:.4f}")
         print(f"exact p           {d.pvalue:.3g}  (log10 p = {d.log10_pvalue:.2f})")
-        print(f"controls          {c.n_keys} random keys: empirical p "
+        print(f"controls          {c.n_keys} random keys (seed {c.seed}): empirical p "
               f"{c.empirical_pvalue:.3g}, KS p {c.ks_pvalue:.3g}, "
               f"{'calibrated' if c.calibrated else 'NOT CALIBRATED'}")
     print(f"verdict at {significance:g}  {sentence}")
@@ -212,7 +228,7 @@ def write_report(args: argparse.Namespace, res: AuditResult, tokenizer: Any, mod
         inputs["prompts"] = Path(args.prompts)
         inputs["answers"] = Path(res.inputs["answers_checkpoint"]["path"])
     report = report_from_audit(res, inputs=inputs, significance=args.significance,
-                               controls_seed=args.seed, tokenizer=tokenizer,
+                               controls_seed=res.controls.seed, tokenizer=tokenizer,
                                tokenizer_spec="default", vocab_size=len(tokenizer),
                                suspect_model=model)
     public = None
@@ -224,5 +240,5 @@ def write_report(args: argparse.Namespace, res: AuditResult, tokenizer: Any, mod
     print(f"wrote {path} ({'signed' if public else 'unsigned'}) and {html}")
 
 
-__all__ = ["add_parsers", "cmd_audit", "file_digest", "print_summary",
+__all__ = ["add_parsers", "cmd_audit", "controls_count", "file_digest", "print_summary",
            "significance_level", "verdict"]
