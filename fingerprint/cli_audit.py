@@ -13,6 +13,7 @@ from typing import Any
 
 from fingerprint.audit.controls import MIN_CONTROLS, AuditResult
 from fingerprint.audit.reading import read_teacher
+from fingerprint.detect.corpus import Skipped
 from fingerprint.detect.detector import SCHEMES, DetectorConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
 from fingerprint.errors import ConfigError
@@ -155,6 +156,13 @@ def print_summary(res: AuditResult, significance: float = DEFAULT_SIGNIFICANCE) 
         print(f"WARNING: {w}")
 
 
+def _print_skipped(skipped: list[Skipped], limit: int = 10) -> None:
+    for s in skipped[:limit]:
+        print(f"skipped teacher row {s.source}:{s.row}: {s.reason}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"skipped {len(skipped) - limit} more teacher rows", file=sys.stderr)
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run an audit, write its result (and report), then print a summary."""
     from fingerprint.models import load_default_tokenizer, load_model, model_fingerprint
@@ -162,24 +170,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     key = WatermarkKey.load(args.key)
     cfg = DetectorConfig(scheme=args.scheme, prf=args.prf, gamma=args.gamma,
                          context_width=args.context_width, dedup=args.dedup)
-    teacher, skipped = read_teacher(args.teacher_corpus)
-    for s in skipped[:10]:
-        print(f"skipped teacher row {s.source}:{s.row}: {s.reason}", file=sys.stderr)
+    if args.mode == "closed" and not args.prompts:
+        raise ConfigError("closed mode needs --prompts (the prompts to query the suspect)")
+    model: Any = None
+    if args.mode == "open" or not args.suspect.startswith(("http://", "https://")):
+        model, tok = load_model(args.suspect)
+    else:
+        tok = load_default_tokenizer()
+    # ids outside the vocabulary cannot be the suspect's tokens: such rows are skipped up front
+    teacher, skipped = read_teacher(args.teacher_corpus, vocab_size=len(tok))
+    _print_skipped(skipped)
     inputs = {"teacher_corpus": {"path": str(args.teacher_corpus),
                                  "sha256": file_digest(args.teacher_corpus),
                                  "texts": len(teacher), "skipped_rows": len(skipped)}}
     if args.mode == "open":
         from fingerprint.audit.reading import audit_open
 
-        model, tok = load_model(args.suspect)
         res = audit_open(model, teacher, key, cfg, vocab_size=len(tok), top_k=args.top_k,
                          n_controls=args.controls, seed=args.seed, progress=True,
                          suspect_info={"kind": "weights", "spec": args.suspect,
                                        "model_sha256": model_fingerprint(model)},
                          inputs_info=inputs)
     else:
-        if not args.prompts:
-            raise ConfigError("closed mode needs --prompts (the prompts to query the suspect)")
         from fingerprint.audit.clients import HFClient, OpenAIClient
         from fingerprint.audit.querying import audit_closed
         from fingerprint.watermark.generate import read_prompts
@@ -190,16 +202,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         prompts = [p.prompt for p in lines]
         inputs["prompts"] = {"path": str(args.prompts), "sha256": file_digest(args.prompts),
                              "count": len(prompts)}
-        tok = load_default_tokenizer()
         client: Any
-        if args.suspect.startswith(("http://", "https://")):
+        if model is None:
             client = OpenAIClient(args.suspect, args.suspect_model,
                                   api_key=os.environ.get(args.api_key_env),
                                   max_tokens=args.max_new_tokens, concurrency=args.concurrency,
                                   timeout=args.timeout, max_retries=args.retries,
                                   rate_limit=args.rate_limit)
         else:
-            model, tok = load_model(args.suspect)
             client = HFClient(model, tok, max_new_tokens=args.max_new_tokens)
         checkpoint = Path(args.checkpoint or Path(args.out).with_suffix(".answers.jsonl"))
         res = audit_closed(client, prompts, key, cfg, tokenizer=tok, checkpoint=checkpoint,
