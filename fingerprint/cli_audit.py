@@ -200,8 +200,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for e in errors[:10]:
             print(f"skipped prompt {e}", file=sys.stderr)
         prompts = [p.prompt for p in lines]
-        inputs["prompts"] = {"path": str(args.prompts), "sha256": file_digest(args.prompts),
-                             "count": len(prompts)}
+        # not "prompts": audit_closed records the number of prompts under that name
+        inputs["prompts_file"] = {"path": str(args.prompts),
+                                  "sha256": file_digest(args.prompts), "count": len(prompts)}
         client: Any
         if model is None:
             client = OpenAIClient(args.suspect, args.suspect_model,
@@ -233,7 +234,9 @@ def write_report(args: argparse.Namespace, res: AuditResult, tokenizer: Any, mod
     from fingerprint.report.model import dump_report, report_from_audit
     from fingerprint.report.sign import public_key_path_for, sign_report
 
-    inputs: dict[str, Any] = {"teacher": Path(args.teacher_corpus)}
+    inputs: dict[str, Any] = {}
+    if args.mode == "open" or args.filter_top_n:  # a closed audit reads it for the filter only
+        inputs["teacher"] = Path(args.teacher_corpus)
     if args.mode == "closed":
         inputs["prompts"] = Path(args.prompts)
         inputs["answers"] = Path(res.inputs["answers_checkpoint"]["path"])
