@@ -599,7 +599,8 @@ def report_from_audit(
     ``inputs`` maps roles to files: ``teacher`` (the watermarked corpus, JSONL of token ids),
     ``prompts`` and ``answers`` (the closed audit's prompts file and answers checkpoint).
     ``controls_seed`` is the ``seed`` the audit was run with (controls are recomputable only
-    with it). Open audits: ``vocab_size`` and ``batch_tokens`` as passed to ``audit_open``, and
+    with it; by default the one the result records). A closed audit's ``teacher`` file is
+    recomputed through the filter phi only when the audit used it. Open audits: ``vocab_size`` and ``batch_tokens`` as passed to ``audit_open``, and
     ``suspect_model`` to record its weights' SHA-256. Closed audits: ``tokenizer`` and
     ``normalize`` as passed to ``audit_closed``.
     """
@@ -627,8 +628,10 @@ def report_from_audit(
             "exclude_prompt_windows": cfg.get("exclude_prompt_windows", True),
             "filter_phi": result.inputs.get("filter_phi"),
             "filter_top_n": cfg.get("filter_top_n")}
+        filtered = result.inputs.get("filter_phi") is not None  # the teacher fed the filter
         params = {"answers": roles.get("answers"), "prompts": roles.get("prompts"),
-                  "teacher": roles.get("teacher"), "filter_top_n": cfg.get("filter_top_n"),
+                  "teacher": roles.get("teacher") if filtered else None,
+                  "filter_top_n": cfg.get("filter_top_n"),
                   "normalize": {k: v for k, v in normalize.to_dict().items()
                                 if not k.endswith("_data")}}
     else:
@@ -637,7 +640,8 @@ def report_from_audit(
                   "top_k": cfg.get("top_k", 1), "max_length": cfg.get("max_length"),
                   "batch_tokens": batch_tokens}
     params["n_controls"] = int(result.controls.n_keys)
-    params["controls_seed"] = controls_seed
+    params["controls_seed"] = (controls_seed if controls_seed is not None
+                               else getattr(result.controls, "seed", None))
     null = str(result.null_hypothesis)
     if "this watermark key" in null:
         null = null.replace("this watermark key", f"watermark key {det.key_id}", 1)
