@@ -47,6 +47,27 @@ class Skipped:
     reason: str
 
 
+def input_kind(path: Path) -> str:
+    """``parquet``, ``jsonl`` or ``txt`` from the suffix of an existing regular file.
+
+    A missing path, a directory (or any other non-regular file) and an unknown suffix are
+    :class:`InputError` s naming the path.
+    """
+    if not path.exists():
+        raise InputError(f"input file {path} does not exist")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise InputError(f"input {path} is {what}: give .txt, .jsonl or .parquet files")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix in (".txt", ".md", ""):
+        return "txt"
+    raise InputError(f"{path}: unknown format {suffix!r}; use .txt, .jsonl or .parquet")
+
+
 @dataclass
 class CorpusReader:
     """Iterate over the records of one or more files; ``skipped`` fills up as it goes."""
@@ -59,17 +80,13 @@ class CorpusReader:
 
     def __iter__(self) -> Iterator[Record]:
         for path in self.paths:
-            if not path.exists():
-                raise InputError(f"input file {path} does not exist")
-            suffix = path.suffix.lower()
-            if suffix == ".jsonl":
+            kind = input_kind(path)
+            if kind == "jsonl":
                 yield from self._jsonl(path)
-            elif suffix == ".parquet":
+            elif kind == "parquet":
                 yield from self._parquet(path)
-            elif suffix in (".txt", ".md", ""):
-                yield Record(str(path), 1, text=decode_utf8(path.read_bytes()))
             else:
-                raise InputError(f"{path}: unknown format {suffix!r}; use .txt, .jsonl or .parquet")
+                yield Record(str(path), 1, text=decode_utf8(path.read_bytes()))
 
     def _row(self, source: str, row: int, obj: Any) -> Record | None:
         if not isinstance(obj, dict):
@@ -198,4 +215,4 @@ def detect_corpus(
     return detector.result(state), skipped
 
 
-__all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "record_ids"]
+__all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "input_kind", "record_ids"]

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from fingerprint.core.contexts import windows_at
 from fingerprint.detect.calibrate import CalibrationReport, null_summary, random_keys
-from fingerprint.detect.corpus import CorpusReader, Skipped
+from fingerprint.detect.corpus import CorpusReader, Skipped, input_kind
 from fingerprint.detect.detector import (
     DetectionResult,
     Detector,
@@ -164,17 +164,9 @@ class Unit:
 
 
 def file_kind(path: Path) -> str:
-    """``parquet``, ``jsonl`` or ``txt`` from the suffix, as :class:`CorpusReader` decides."""
-    if not path.exists():
-        raise InputError(f"input file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return "jsonl"
-    if suffix == ".parquet":
-        return "parquet"
-    if suffix in (".txt", ".md", ""):
-        return "txt"
-    raise InputError(f"{path}: unknown format {suffix!r}; use .txt, .jsonl or .parquet")
+    """``parquet``, ``jsonl`` or ``txt``, as :class:`CorpusReader` decides (and with its
+    errors for a missing path, a directory or an unknown suffix)."""
+    return input_kind(path)
 
 
 def plan_units(paths: Sequence[str | Path], *, split_bytes: int | None = None) -> list[Unit]:
