@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus
-from fingerprint.detect.detector import DetectionResult, Detector
+from fingerprint.detect.detector import DetectionResult, Detector, DetectorConfig
 from fingerprint.engines import detect_stream
 from fingerprint.errors import InputError
 from fingerprint.keys import WatermarkKey
@@ -68,3 +68,94 @@ def test_directory_input_is_an_input_error(tmp_path: Path, engine: Any) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(InputError, match=r"plain is a directory"):
         engine([tmp_path / "plain"])
+
+
+# -- ids outside [0, MAX_TOKEN_ID] ----------------------------------------------------------------
+MAX = 2**31 - 1
+BAD_IDS = [[5, -3, 7, 8], [5, MAX + 1, 7], [5, 2**63 + 5, 7], [5, 2**64, 7], [2**63 - 1, 1]]
+
+
+def _bad_id_files(tmp_path: Path) -> list[Path]:
+    """A JSONL file and two Parquet files (int64, uint64) with rows whose ids are out of range,
+    between good rows; and a prompt out of range."""
+    rows: list[Any] = [{"token_ids": BASE}]
+    rows += [{"token_ids": r} for r in BAD_IDS]
+    rows += [{"token_ids": BASE[::-1], "prompt_token_ids": [1, -1]}, {"token_ids": BASE[5:]}]
+    js = _jsonl(tmp_path / "bad.jsonl", rows)
+    i64 = tmp_path / "i64.parquet"
+    pq.write_table(pa.table({"token_ids": pa.array([BASE, [5, -3, 7, 8], [5, MAX + 1, 7],
+                                                    BASE[3:]], type=pa.list_(pa.int64())),
+                             "prompt_token_ids": pa.array([[1], [2], [3], [-4]],
+                                                          type=pa.list_(pa.int32()))}), i64)
+    u64 = tmp_path / "u64.parquet"
+    pq.write_table(pa.table({"token_ids": pa.array([BASE, [5, 2**63 + 5, 7, 8], [9, 2**64 - 1]],
+                                                   type=pa.list_(pa.uint64()))}), u64)
+    return [js, i64, u64]
+
+
+def _oor(field: str, value: int, index: int) -> str:
+    return f"field {field!r} holds ids outside [0, {MAX}] (first: {value} at index {index})"
+
+
+WANT_BAD_IDS = [
+    ("bad.jsonl", 2, _oor("token_ids", -3, 1)),
+    ("bad.jsonl", 3, _oor("token_ids", MAX + 1, 1)),
+    ("bad.jsonl", 4, _oor("token_ids", 2**63 + 5, 1)),
+    ("bad.jsonl", 5, _oor("token_ids", 2**64, 1)),
+    ("bad.jsonl", 6, _oor("token_ids", 2**63 - 1, 0)),
+    ("bad.jsonl", 7, _oor("prompt_token_ids", -1, 1)),
+    ("i64.parquet", 2, _oor("token_ids", -3, 1)),
+    ("i64.parquet", 3, _oor("token_ids", MAX + 1, 1)),
+    ("i64.parquet", 4, _oor("prompt_token_ids", -4, 0)),
+    ("u64.parquet", 2, _oor("token_ids", 2**63 + 5, 1)),
+    ("u64.parquet", 3, _oor("token_ids", 2**64 - 1, 1)),
+]
+
+
+def _skips(skipped: list[Skipped]) -> list[tuple[str, int, str]]:
+    return [(Path(s.source).name, s.row, s.reason) for s in skipped]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_out_of_range_ids_are_skipped_rows(tmp_path: Path, engine: Any) -> None:
+    paths = _bad_id_files(tmp_path)
+    res, skipped = engine(paths)
+    assert _skips(skipped) == WANT_BAD_IDS
+    good = _jsonl(tmp_path / "good.jsonl", [{"token_ids": BASE}, {"token_ids": BASE[5:]},
+                                            {"token_ids": BASE, "prompt_token_ids": [1]},
+                                            {"token_ids": BASE}])
+    want, none = engine([good])
+    assert not none
+    assert (res.n_positions, res.n_scored, res.n_green) == (
+        want.n_positions, want.n_scored, want.n_green)
+
+
+def test_out_of_range_ids_in_calibrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    from fingerprint.cli import main
+
+    paths = _bad_id_files(tmp_path)
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", *map(str, paths), "--n-keys", "5", "--out", str(out)]) in (0, 1)
+    assert "bad.jsonl row 2: field 'token_ids' holds ids outside" in capsys.readouterr().err
+    assert json.loads(out.read_text())["n_keys"] == 5
+
+
+def test_hand_built_records_with_bad_ids_are_skipped() -> None:
+    from fingerprint.detect.corpus import Record, record_ids
+
+    for ids in ([5, 2**64], [5, 2**63 + 5], [-1, 2**63 + 5], [1, -2]):
+        got = record_ids(Record("mem", 4, ids=ids), None, None, None)
+        assert isinstance(got, Skipped) and got.row == 4 and "outside [0, 2147483647]" in got.reason
+
+
+def test_ray_reads_bad_ids_as_stream_does(ray_cluster: Any, tmp_path: Path) -> None:
+    from fingerprint.engines import detect_ray
+
+    paths = _bad_id_files(tmp_path)
+    for cfg in (DetectorConfig(), DetectorConfig(dedup="none")):
+        want, want_skipped = detect_stream(paths, Detector(KEY, cfg), progress=False)
+        got, skipped = detect_ray(paths, cfg, KEY, chunk_tokens=100, jsonl_split_bytes=200)
+        assert _skips(skipped) == _skips(want_skipped) == WANT_BAD_IDS
+        assert (got.n_positions, got.n_scored, got.n_green) == (
+            want.n_positions, want.n_scored, want.n_green)

@@ -1,7 +1,8 @@
 """Corpora on disk: .txt, JSONL and Parquet, as text or token ids, streamed in bounded batches.
 
-A broken row (bad JSON, a missing field, ids that are not integers, invalid UTF-8) never stops a
-run and is never silently dropped: it is recorded as a :class:`Skipped` with its row number and
+A broken row (bad JSON, a missing field, ids that are not integers, ids outside
+``[0, MAX_TOKEN_ID]`` in the completion or the prompt, invalid UTF-8) never stops a run and is
+never silently dropped: it is recorded as a :class:`Skipped` with its file, row number and
 reason, and reported with the result.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from fingerprint.core.contexts import MAX_TOKEN_ID
 from fingerprint.detect.detector import DetectionResult, Detector, pack_batches
 from fingerprint.detect.normalize import NormalizeConfig, decode_utf8
 from fingerprint.detect.text import encode_text
@@ -99,12 +101,12 @@ class CorpusReader:
             text_f = None if ids_f else next((f for f in TEXT_FIELDS if f in obj), None)
         pr_f = self.prompt_ids_field or next((f for f in PROMPT_IDS_FIELDS if f in obj), None)
         prompt = obj.get(pr_f) if pr_f else None
-        if prompt is not None and not _is_id_list(prompt):
-            self.skipped.append(Skipped(source, row, f"field {pr_f!r} is not a list of ids"))
+        if prompt is not None and (why := id_list_problem(prompt)):
+            self.skipped.append(Skipped(source, row, f"field {pr_f!r} {why}"))
             return None
         if ids_f and ids_f in obj and not text_f:
-            if not _is_id_list(obj[ids_f]):
-                self.skipped.append(Skipped(source, row, f"field {ids_f!r} is not a list of ids"))
+            if why := id_list_problem(obj[ids_f]):
+                self.skipped.append(Skipped(source, row, f"field {ids_f!r} {why}"))
                 return None
             return Record(source, row, ids=list(obj[ids_f]), prompt_ids=prompt)
         if text_f and isinstance(obj.get(text_f), str):
@@ -153,11 +155,45 @@ def _is_id_list(v: Any) -> bool:
         isinstance(t, int | np.integer) and not isinstance(t, bool) for t in v)
 
 
+def out_of_range(values: np.ndarray) -> np.ndarray:
+    """True where an integer array (any width or sign, or Python ints as objects) holds an id
+    outside ``[0, MAX_TOKEN_ID]``, the ids the keyed PRF accepts."""
+    if values.dtype.kind == "u":
+        return values > MAX_TOKEN_ID
+    return np.asarray((values < 0) | (values > MAX_TOKEN_ID), dtype=bool)
+
+
+def range_problem(value: int, index: int) -> str:
+    """Why a list of ids whose first bad id is ``value``, at ``index``, is skipped."""
+    return f"holds ids outside [0, {MAX_TOKEN_ID}] (first: {value} at index {index})"
+
+
+def id_list_problem(v: Any) -> str | None:
+    """Why ``v`` is not a usable list of token ids (``"is not a list of ids"`` or an id out of
+    range), or None. Ids of any size are checked exactly: nothing wraps or overflows."""
+    if not _is_id_list(v):
+        return "is not a list of ids"
+    a = np.asarray(v)
+    if a.dtype.kind not in "iu":  # empty, or ints beyond int64 (numpy makes them floats)
+        a = np.asarray(v, dtype=object)
+    bad = out_of_range(a)
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return range_problem(int(a[i]), i)
+
+
 def record_ids(rec: Record, tokenizer: Any, normalize: NormalizeConfig | None,
                vocab_size: int | None) -> np.ndarray | Skipped:
     """A record's completion token ids (tokenizing text), or why the row cannot be used."""
-    if rec.ids is not None:
-        ids = np.asarray(rec.ids, dtype=np.int64)
+    if rec.ids is not None:  # readers checked them; records built by hand may not be
+        try:
+            ids = np.asarray(rec.ids, dtype=np.int64)
+            why = id_list_problem(rec.ids) if out_of_range(ids).any() else None
+        except (OverflowError, TypeError, ValueError):
+            why = id_list_problem(rec.ids) or "is not a list of ids"
+        if why:
+            return Skipped(rec.source, rec.row, f"token ids {why}")
     else:
         if tokenizer is None:
             raise InputError(f"{rec.source} row {rec.row} is text: give a tokenizer")
@@ -215,4 +251,5 @@ def detect_corpus(
     return detector.result(state), skipped
 
 
-__all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "input_kind", "record_ids"]
+__all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "id_list_problem",
+           "input_kind", "out_of_range", "range_problem", "record_ids"]

@@ -38,7 +38,13 @@ from tqdm.auto import tqdm
 
 from fingerprint.core.contexts import windows_at
 from fingerprint.detect.calibrate import CalibrationReport, null_summary, random_keys
-from fingerprint.detect.corpus import CorpusReader, Skipped, input_kind
+from fingerprint.detect.corpus import (
+    CorpusReader,
+    Skipped,
+    input_kind,
+    out_of_range,
+    range_problem,
+)
 from fingerprint.detect.detector import (
     DetectionResult,
     Detector,
@@ -401,15 +407,15 @@ class UnitReader:
     def _fast_batch(self, source: str, row0: int, batch: Any, ids_f: str, pr_f: str | None
                     ) -> Iterator[_Row | Skipped]:
         """Integer list columns without Python objects, with the row rules' outcomes."""
-        ids, ids_ok = _list_rows(batch.column(ids_f))
-        prom, prom_ok = (None, None) if pr_f is None else _list_rows(batch.column(pr_f),
+        ids, ids_bad = _list_rows(batch.column(ids_f))
+        prom, prom_bad = (None, {}) if pr_f is None else _list_rows(batch.column(pr_f),
                                                                     nulls_ok=True)
         for i in range(batch.num_rows):
-            if prom_ok is not None and not prom_ok[i]:
-                yield Skipped(source, row0 + i, f"field {pr_f!r} is not a list of ids")
+            if i in prom_bad:
+                yield Skipped(source, row0 + i, f"field {pr_f!r} {prom_bad[i]}")
                 continue
-            if not ids_ok[i]:
-                yield Skipped(source, row0 + i, f"field {ids_f!r} is not a list of ids")
+            if i in ids_bad:
+                yield Skipped(source, row0 + i, f"field {ids_f!r} {ids_bad[i]}")
                 continue
             yield _Row(row0 + i, ids=ids[i], prompt=None if prom is None else prom[i])
 
@@ -420,26 +426,42 @@ def _int_list(t: Any) -> bool:
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
 
 
-def _list_rows(arr: Any, nulls_ok: bool = False) -> tuple[list[np.ndarray | None], np.ndarray]:
-    """(each row's ids as int64 or None for a null row, whether the row is a valid id list)."""
+def _rows_with(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per list row: whether any of its elements is flagged."""
+    before = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    return before[offsets[1:]] != before[offsets[:-1]]
+
+
+def _list_rows(arr: Any, nulls_ok: bool = False
+               ) -> tuple[list[np.ndarray | None], dict[int, str]]:
+    """(each row's ids as int64, None for a null row; {row index: why the row rules skip it}).
+
+    A row with a null id (or a null row, unless ``nulls_ok``) "is not a list of ids"; a row
+    with an id outside ``[0, MAX_TOKEN_ID]`` is named with its first such id, exactly as the
+    row rules name it (unsigned and 64-bit ids are compared before any cast, so none wraps).
+    """
     import pyarrow.compute as pc
 
     n = len(arr)
     offsets = arr.offsets.to_numpy().astype(np.int64)
     child = arr.values
-    ok = np.ones(n, dtype=bool)
-    if child.null_count:
-        bad = np.concatenate([[0], np.cumsum(~child.is_valid().to_numpy(zero_copy_only=False))])
-        ok &= bad[offsets[1:]] == bad[offsets[:-1]]
-        child = pc.fill_null(child, 0)
-    values = child.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     valid = (arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count
              else np.ones(n, dtype=bool))
+    not_list = np.zeros(n, dtype=bool) if nulls_ok else ~valid
+    if child.null_count:
+        not_list |= _rows_with(~child.is_valid().to_numpy(zero_copy_only=False), offsets)
+        child = pc.fill_null(child, 0)
+    raw = child.to_numpy(zero_copy_only=False)
+    bad = out_of_range(raw)
+    problems: dict[int, str] = {}
+    for i in np.flatnonzero(_rows_with(bad, offsets) & valid & ~not_list):
+        k = int(np.argmax(bad[offsets[i] : offsets[i + 1]]))
+        problems[int(i)] = range_problem(int(raw[offsets[i] + k]), k)
+    problems.update((int(i), "is not a list of ids") for i in np.flatnonzero(not_list))
+    values = raw.astype(np.int64, copy=False)  # rows with ids beyond int64 are skipped above
     rows: list[np.ndarray | None] = [values[offsets[i] : offsets[i + 1]] if valid[i] else None
                                      for i in range(n)]
-    if not nulls_ok:
-        ok &= valid
-    return rows, ok
+    return rows, problems
 
 
 # -- scoring ------------------------------------------------------------------------------------
