@@ -159,3 +159,28 @@ def test_ray_reads_bad_ids_as_stream_does(ray_cluster: Any, tmp_path: Path) -> N
         assert _skips(skipped) == _skips(want_skipped) == WANT_BAD_IDS
         assert (got.n_positions, got.n_scored, got.n_green) == (
             want.n_positions, want.n_scored, want.n_green)
+
+
+# -- Parquet page checksums -----------------------------------------------------------------------
+def _flipped(tmp_path: Path) -> Path:
+    """Ids in three row groups, page checksums written, a few bytes of row group 1 flipped."""
+    import numpy as np
+
+    rows = np.random.default_rng(5).integers(0, 3000, (300, 100)).tolist()
+    path = tmp_path / "flip.parquet"
+    pq.write_table(pa.table({"token_ids": rows}), path, row_group_size=100,
+                   compression="none", use_dictionary=False, write_page_checksum=True)
+    col = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    data = bytearray(path.read_bytes())
+    mid = col.data_page_offset + col.total_compressed_size // 2
+    for i in range(mid, mid + 4):
+        data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_parquet_page_checksums_are_verified(tmp_path: Path, engine: Any) -> None:
+    path = _flipped(tmp_path)
+    with pytest.raises(InputError, match=r"flip\.parquet: corrupt .*row group 1"):
+        engine([path])

@@ -130,24 +130,36 @@ class CorpusReader:
                     yield rec
 
     def _parquet(self, path: Path) -> Iterator[Record]:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as err:  # pragma: no cover
-            raise InputError("reading Parquet needs pyarrow: pip install 'fingerprint[parquet]'"
-                             ) from err
-        try:
-            pf = pq.ParquetFile(path)
-            row = 0
-            for batch in pf.iter_batches(batch_size=4096):
-                for obj in batch.to_pylist():
-                    row += 1
-                    rec = self._row(str(path), row, obj)
-                    if rec is not None:
-                        yield rec
-        except (OSError, ValueError) as err:
-            if isinstance(err, InputError):
-                raise
-            raise InputError(f"{path}: corrupt or unreadable Parquet file ({err})") from None
+        pf = open_parquet(path)
+        row = 0
+        for rg in range(pf.metadata.num_row_groups):
+            try:
+                for batch in pf.iter_batches(batch_size=4096, row_groups=[rg]):
+                    for obj in batch.to_pylist():
+                        row += 1
+                        rec = self._row(str(path), row, obj)
+                        if rec is not None:
+                            yield rec
+            except (OSError, ValueError) as err:
+                if isinstance(err, InputError):
+                    raise
+                raise InputError(f"{path}: corrupt or unreadable Parquet file "
+                                 f"(row group {rg}: {err})") from None
+
+
+def open_parquet(path: Path) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` that verifies page checksums where the file has them
+    (a corrupt page is then an error, never wrong ids); a corrupt footer is an
+    :class:`InputError` naming the file."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover
+        raise InputError("reading Parquet needs pyarrow: pip install 'fingerprint[parquet]'"
+                         ) from err
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: corrupt or unreadable Parquet file ({err})") from None
 
 
 def _is_id_list(v: Any) -> bool:
@@ -252,4 +264,4 @@ def detect_corpus(
 
 
 __all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "id_list_problem",
-           "input_kind", "out_of_range", "range_problem", "record_ids"]
+           "input_kind", "open_parquet", "out_of_range", "range_problem", "record_ids"]

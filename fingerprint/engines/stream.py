@@ -42,6 +42,7 @@ from fingerprint.detect.corpus import (
     CorpusReader,
     Skipped,
     input_kind,
+    open_parquet,
     out_of_range,
     range_problem,
 )
@@ -187,7 +188,7 @@ def plan_units(paths: Sequence[str | Path], *, split_bytes: int | None = None) -
         path = Path(raw)
         kind = file_kind(path)
         if kind == "parquet":
-            pf = _open_parquet(path)
+            pf = open_parquet(path)
             row = 1
             for rg in range(pf.metadata.num_row_groups):
                 meta = pf.metadata.row_group(rg)
@@ -201,18 +202,6 @@ def plan_units(paths: Sequence[str | Path], *, split_bytes: int | None = None) -
         else:
             units.append(Unit(str(path), kind, len(units), size_hint=path.stat().st_size // 4))
     return units
-
-
-def _open_parquet(path: Path) -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:  # pragma: no cover
-        raise InputError("reading Parquet needs pyarrow: pip install 'fingerprint[parquet]'"
-                         ) from err
-    try:
-        return pq.ParquetFile(path, page_checksum_verification=True)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: corrupt or unreadable Parquet file ({err})") from None
 
 
 def _jsonl_ranges(path: Path, split: int | None) -> list[tuple[int, int, int]]:
@@ -360,7 +349,7 @@ class UnitReader:
 
     def _parquet(self, unit: Unit) -> Iterator[_Row | Skipped]:
         path = Path(unit.path)
-        pf = _open_parquet(path)
+        pf = open_parquet(path)
         fast = self._fast_fields(pf.schema_arrow)
         row = unit.first_row
         try:
