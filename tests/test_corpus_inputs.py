@@ -184,3 +184,29 @@ def test_parquet_page_checksums_are_verified(tmp_path: Path, engine: Any) -> Non
     path = _flipped(tmp_path)
     with pytest.raises(InputError, match=r"flip\.parquet: corrupt .*row group 1"):
         engine([path])
+
+
+# -- columns named explicitly ---------------------------------------------------------------------
+def _abc(tmp_path: Path) -> Path:
+    path = tmp_path / "abc.parquet"
+    pq.write_table(pa.table({"a": [BASE, BASE[3:]], "b": [[1], [2]], "c": ["x y", "z"]}), path)
+    return path
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("field", ["ids_field", "text_field", "prompt_ids_field"])
+def test_parquet_without_the_named_column_is_an_error(tmp_path: Path, engine: Any,
+                                                      field: str) -> None:
+    path = _abc(tmp_path)
+    with pytest.raises(InputError, match=r"column 'nope' not in .*abc\.parquet; columns: a, b, c"):
+        engine([path], **{field: "nope"})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_named_columns_that_exist_are_read(tmp_path: Path, engine: Any) -> None:
+    path = _abc(tmp_path)
+    with_prompt, skipped = engine([path], ids_field="a", prompt_ids_field="b")
+    assert not skipped and with_prompt.n_positions == 2 * len(BASE) - 3
+    js = _jsonl(tmp_path / "rows.jsonl", [{"a": BASE}, {"x": BASE}])
+    _, skipped = engine([js], ids_field="a", prompt_ids_field="nope")
+    assert _skips(skipped) == [("rows.jsonl", 2, "no usable field a")]  # JSONL: row by row

@@ -90,6 +90,14 @@ class CorpusReader:
             else:
                 yield Record(str(path), 1, text=decode_utf8(path.read_bytes()))
 
+    def check_columns(self, source: str | Path, names: list[str]) -> None:
+        """Refuse a table (a Parquet file) that lacks a column named explicitly: every row
+        would be skipped, or every prompt dropped. JSONL rows are checked one by one."""
+        for name in (self.ids_field or self.text_field, self.prompt_ids_field):
+            if name and name not in names:
+                raise InputError(f"column {name!r} not in {source}; columns: "
+                                 f"{', '.join(names) or '(none)'}")
+
     def _row(self, source: str, row: int, obj: Any) -> Record | None:
         if not isinstance(obj, dict):
             self.skipped.append(Skipped(source, row, "not a JSON object"))
@@ -131,6 +139,7 @@ class CorpusReader:
 
     def _parquet(self, path: Path) -> Iterator[Record]:
         pf = open_parquet(path)
+        self.check_columns(path, pf.schema_arrow.names)
         row = 0
         for rg in range(pf.metadata.num_row_groups):
             try:

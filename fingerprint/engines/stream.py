@@ -350,6 +350,7 @@ class UnitReader:
     def _parquet(self, unit: Unit) -> Iterator[_Row | Skipped]:
         path = Path(unit.path)
         pf = open_parquet(path)
+        self.rows.check_columns(path, pf.schema_arrow.names)
         fast = self._fast_fields(pf.schema_arrow)
         row = unit.first_row
         try:
