@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus
 from fingerprint.detect.detector import DetectionResult, Detector, DetectorConfig
+from fingerprint.detect.normalize import NormalizeConfig
 from fingerprint.engines import detect_stream
 from fingerprint.errors import InputError
 from fingerprint.keys import WatermarkKey
@@ -210,3 +211,62 @@ def test_named_columns_that_exist_are_read(tmp_path: Path, engine: Any) -> None:
     js = _jsonl(tmp_path / "rows.jsonl", [{"a": BASE}, {"x": BASE}])
     _, skipped = engine([js], ids_field="a", prompt_ids_field="nope")
     assert _skips(skipped) == [("rows.jsonl", 2, "no usable field a")]  # JSONL: row by row
+
+
+# -- UTF-8: invalid bytes in a text file, byte-order marks ----------------------------------------
+class CharTokenizer:
+    """One id per character (its code point), picklable."""
+
+    all_special_ids: ClassVar[list[int]] = []
+
+    def __call__(self, text: str, add_special_tokens: bool = False,
+                 return_offsets_mapping: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"input_ids": [ord(c) for c in text]}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [(i, i + 1) for i in range(len(text))]
+        return out
+
+    def __len__(self) -> int:
+        return 0x110000
+
+
+def _default_tok(paths: list[Path], **kw: Any) -> tuple[DetectionResult, list[Skipped]]:
+    return detect_corpus(Detector(KEY), CorpusReader(paths), tokenizer=CharTokenizer(), **kw)
+
+
+def _stream_tok(paths: list[Path], **kw: Any) -> tuple[DetectionResult, list[Skipped]]:
+    return detect_stream(paths, Detector(KEY), tokenizer=CharTokenizer(), progress=False, **kw)
+
+
+TEXT_ENGINES = [_default_tok, _stream_tok]
+RAW = NormalizeConfig(form="none", strip_invisible=False)
+
+
+@pytest.mark.parametrize("engine", TEXT_ENGINES)
+def test_invalid_utf8_text_file_names_the_file(tmp_path: Path, engine: Any) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("a text in caf\xe9 latin-1".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.txt: invalid UTF-8 at byte offset 13"):
+        engine([path])
+
+
+@pytest.mark.parametrize("engine", TEXT_ENGINES)
+def test_leading_byte_order_mark_is_accepted(tmp_path: Path, engine: Any) -> None:
+    bom = b"\xef\xbb\xbf"
+    rows = [{"token_ids": BASE}, {"text": "some words to score here"}]
+    plain = _jsonl(tmp_path / "plain.jsonl", rows)
+    marked = tmp_path / "marked.jsonl"
+    marked.write_bytes(bom + plain.read_bytes())
+    want, none = engine([plain], normalize=RAW)
+    got, skipped = engine([marked], normalize=RAW)
+    assert not none and not skipped
+    assert (got.n_positions, got.n_green) == (want.n_positions, want.n_green)
+    (tmp_path / "plain.txt").write_text("a text with a mark in front")
+    (tmp_path / "marked.txt").write_bytes(bom + (tmp_path / "plain.txt").read_bytes())
+    want, _ = engine([tmp_path / "plain.txt"], normalize=RAW)
+    got, _ = engine([tmp_path / "marked.txt"], normalize=RAW)
+    assert (got.n_positions, got.n_green) == (want.n_positions, want.n_green)
+    inner = tmp_path / "inner.jsonl"  # a mark after the first line is no byte-order mark
+    inner.write_bytes(plain.read_bytes() + bom + plain.read_bytes())
+    _, skipped = engine([inner], normalize=RAW)
+    assert [(s.row, s.reason.split(":")[0]) for s in skipped] == [(3, "broken line")]

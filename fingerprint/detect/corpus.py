@@ -1,9 +1,12 @@
 """Corpora on disk: .txt, JSONL and Parquet, as text or token ids, streamed in bounded batches.
 
-A broken row (bad JSON, a missing field, ids that are not integers, ids outside
-``[0, MAX_TOKEN_ID]`` in the completion or the prompt, invalid UTF-8) never stops a run and is
-never silently dropped: it is recorded as a :class:`Skipped` with its file, row number and
-reason, and reported with the result.
+A broken row (bad JSON or invalid UTF-8 on a JSONL line, a missing field, ids that are not
+integers, ids outside ``[0, MAX_TOKEN_ID]`` in the completion or the prompt) never stops a run
+and is never silently dropped: it is recorded as a :class:`Skipped` with its file, row number and
+reason, and reported with the result. A leading byte-order mark is accepted in JSONL and .txt
+files. What makes a whole input unusable is an :class:`InputError` naming the file: a missing
+path or a directory, a .txt file (one text) that is not valid UTF-8, a corrupt Parquet file (page
+checksums are verified where written) or one that lacks a column named explicitly.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ TEXT_FIELDS = ("completion", "text", "response", "output")
 IDS_FIELDS = ("completion_token_ids", "token_ids", "ids")
 PROMPT_IDS_FIELDS = ("prompt_token_ids",)
 BATCH_TOKENS = 1 << 22
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class CorpusReader:
             elif kind == "parquet":
                 yield from self._parquet(path)
             else:
-                yield Record(str(path), 1, text=decode_utf8(path.read_bytes()))
+                yield Record(str(path), 1, text=read_text_file(path))
 
     def check_columns(self, source: str | Path, names: list[str]) -> None:
         """Refuse a table (a Parquet file) that lacks a column named explicitly: every row
@@ -129,7 +133,7 @@ class CorpusReader:
                 if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(decode_utf8(raw))
+                    obj = json_line(raw, file_start=row == 1)
                 except (json.JSONDecodeError, InputError) as err:
                     self.skipped.append(Skipped(str(path), row, f"broken line: {err}"))
                     continue
@@ -154,6 +158,23 @@ class CorpusReader:
                     raise
                 raise InputError(f"{path}: corrupt or unreadable Parquet file "
                                  f"(row group {rg}: {err})") from None
+
+
+def read_text_file(path: Path) -> str:
+    """A .txt input's text: strict UTF-8, a leading byte-order mark dropped (as ``utf-8-sig``
+    reads it). Invalid UTF-8 is an :class:`InputError` naming the file: the file is one text."""
+    try:
+        text = decode_utf8(path.read_bytes())
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err.__cause__
+    return text.removeprefix("\ufeff")
+
+
+def json_line(raw: bytes, *, file_start: bool) -> Any:
+    """One JSONL line, parsed; a byte-order mark is dropped from the file's first line."""
+    if file_start:
+        raw = raw.removeprefix(UTF8_BOM)
+    return json.loads(decode_utf8(raw))
 
 
 def open_parquet(path: Path) -> Any:
@@ -273,4 +294,5 @@ def detect_corpus(
 
 
 __all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "id_list_problem",
-           "input_kind", "open_parquet", "out_of_range", "range_problem", "record_ids"]
+           "input_kind", "json_line", "open_parquet", "out_of_range", "range_problem",
+           "read_text_file", "record_ids"]

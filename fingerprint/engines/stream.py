@@ -42,9 +42,11 @@ from fingerprint.detect.corpus import (
     CorpusReader,
     Skipped,
     input_kind,
+    json_line,
     open_parquet,
     out_of_range,
     range_problem,
+    read_text_file,
 )
 from fingerprint.detect.detector import (
     DetectionResult,
@@ -54,7 +56,7 @@ from fingerprint.detect.detector import (
     count_candidates,
     pack_batches,
 )
-from fingerprint.detect.normalize import NormalizeConfig, decode_utf8
+from fingerprint.detect.normalize import NormalizeConfig
 from fingerprint.detect.text import encode_text
 from fingerprint.detect.tuples import TupleSet, select_positions
 from fingerprint.errors import ConfigError, InputError
@@ -309,10 +311,7 @@ class UnitReader:
         elif unit.kind == "jsonl":
             yield from self._jsonl(unit)
         else:
-            path = Path(unit.path)
-            if not path.exists():
-                raise InputError(f"input file {path} does not exist")
-            yield _Row(1, text=decode_utf8(path.read_bytes()))
+            yield _Row(1, text=read_text_file(Path(unit.path)))
 
     def _record(self, source: str, row: int, obj: Any) -> Iterator[_Row | Skipped]:
         rec = self.rows._row(source, row, obj)
@@ -336,12 +335,13 @@ class UnitReader:
                 raw = f.readline()
                 if not raw:
                     break
+                file_start = pos == 0
                 pos += len(raw)
                 row += 1
                 if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(decode_utf8(raw))
+                    obj = json_line(raw, file_start=file_start)
                 except (json.JSONDecodeError, InputError) as err:
                     yield Skipped(unit.path, row - 1, f"broken line: {err}")
                     continue
