@@ -270,3 +270,20 @@ def test_leading_byte_order_mark_is_accepted(tmp_path: Path, engine: Any) -> Non
     inner.write_bytes(plain.read_bytes() + bom + plain.read_bytes())
     _, skipped = engine([inner], normalize=RAW)
     assert [(s.row, s.reason.split(":")[0]) for s in skipped] == [(3, "broken line")]
+
+
+# -- rows with nothing to test --------------------------------------------------------------------
+@pytest.mark.parametrize("engine", TEXT_ENGINES)
+def test_empty_ids_are_skipped_like_empty_text(tmp_path: Path, engine: Any) -> None:
+    js = _jsonl(tmp_path / "e.jsonl", [{"token_ids": []}, {"text": ""}, {"text": "\u200b"},
+                                       {"token_ids": BASE},
+                                       {"token_ids": [], "prompt_token_ids": [1]}])
+    pqf = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"token_ids": pa.array([BASE, []], type=pa.list_(pa.int32()))}), pqf)
+    _, skipped = engine([js, pqf])
+    assert _skips(skipped) == [
+        ("e.jsonl", 1, "no token ids: there is nothing to test"),
+        ("e.jsonl", 2, "the text is empty: there is nothing to test"),
+        ("e.jsonl", 3, "the text has no tokens after normalization"),
+        ("e.jsonl", 5, "no token ids: there is nothing to test"),
+        ("e.parquet", 2, "no token ids: there is nothing to test")]

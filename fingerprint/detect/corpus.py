@@ -1,12 +1,13 @@
 """Corpora on disk: .txt, JSONL and Parquet, as text or token ids, streamed in bounded batches.
 
 A broken row (bad JSON or invalid UTF-8 on a JSONL line, a missing field, ids that are not
-integers, ids outside ``[0, MAX_TOKEN_ID]`` in the completion or the prompt) never stops a run
-and is never silently dropped: it is recorded as a :class:`Skipped` with its file, row number and
-reason, and reported with the result. A leading byte-order mark is accepted in JSONL and .txt
+integers, ids outside ``[0, MAX_TOKEN_ID]`` in the completion or the prompt) and a row with
+nothing to test (an empty text or id list) never stop a run and are never silently dropped:
+each is recorded as a :class:`Skipped` with its file, row number and reason, and reported with
+the result, in file and row order. A leading byte-order mark is accepted in JSONL and .txt
 files. What makes a whole input unusable is an :class:`InputError` naming the file: a missing
-path or a directory, a .txt file (one text) that is not valid UTF-8, a corrupt Parquet file (page
-checksums are verified where written) or one that lacks a column named explicitly.
+path or a directory, a .txt file (one text) that is not valid UTF-8, a corrupt Parquet file
+(page checksums are verified where written) or one that lacks a column named explicitly.
 """
 
 from __future__ import annotations
@@ -225,9 +226,17 @@ def id_list_problem(v: Any) -> str | None:
     return range_problem(int(a[i]), i)
 
 
+def no_tokens(from_ids: bool) -> str:
+    """Why a row with nothing to score is skipped: an empty id list, or a text that has no
+    tokens (as an empty text, which :func:`encode_text` refuses, is skipped too)."""
+    return ("no token ids: there is nothing to test" if from_ids
+            else "the text has no tokens after normalization")
+
+
 def record_ids(rec: Record, tokenizer: Any, normalize: NormalizeConfig | None,
                vocab_size: int | None) -> np.ndarray | Skipped:
-    """A record's completion token ids (tokenizing text), or why the row cannot be used."""
+    """A record's completion token ids (tokenizing text), or why the row cannot be used
+    (among others: no ids at all, like an empty text, is a skipped row)."""
     if rec.ids is not None:  # readers checked them; records built by hand may not be
         try:
             ids = np.asarray(rec.ids, dtype=np.int64)
@@ -243,6 +252,8 @@ def record_ids(rec: Record, tokenizer: Any, normalize: NormalizeConfig | None,
             ids = encode_text(rec.text or "", tokenizer, normalize=normalize).ids
         except InputError as err:
             return Skipped(rec.source, rec.row, str(err))
+    if not ids.size:
+        return Skipped(rec.source, rec.row, no_tokens(rec.ids is not None))
     if vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         return Skipped(rec.source, rec.row, f"token ids outside [0, {vocab_size}): wrong "
                                             "tokenizer?")
@@ -294,5 +305,5 @@ def detect_corpus(
 
 
 __all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "id_list_problem",
-           "input_kind", "json_line", "open_parquet", "out_of_range", "range_problem",
+           "input_kind", "json_line", "no_tokens", "open_parquet", "out_of_range", "range_problem",
            "read_text_file", "record_ids"]

@@ -43,6 +43,7 @@ from fingerprint.detect.corpus import (
     Skipped,
     input_kind,
     json_line,
+    no_tokens,
     open_parquet,
     out_of_range,
     range_problem,
@@ -297,6 +298,9 @@ class UnitReader:
             except InputError as err:
                 chunk.skipped.append(Skipped(unit.path, item.row, str(err)))
                 return None
+        if not ids.size:
+            chunk.skipped.append(Skipped(unit.path, item.row, no_tokens(item.ids is not None)))
+            return None
         v = self.vocab_size
         if v is not None and ids.size and (ids.min() < 0 or ids.max() >= v):
             chunk.skipped.append(Skipped(unit.path, item.row,
