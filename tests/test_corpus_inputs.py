@@ -287,3 +287,53 @@ def test_empty_ids_are_skipped_like_empty_text(tmp_path: Path, engine: Any) -> N
         ("e.jsonl", 3, "the text has no tokens after normalization"),
         ("e.jsonl", 5, "no token ids: there is nothing to test"),
         ("e.parquet", 2, "no token ids: there is nothing to test")]
+
+
+# -- skipped rows in file and row order -----------------------------------------------------------
+def _mixed_skips(tmp_path: Path) -> Path:
+    """Rows skipped by the reader (bad JSON, no field) and after it (empty text, no ids)
+    alternate."""
+    return _jsonl(tmp_path / "mixed.jsonl", [
+        {"token_ids": BASE}, {"text": ""}, {"foo": 1}, {"token_ids": []}, {"token_ids": "x"},
+        {"text": "  "}, {"token_ids": BASE[4:]}, {"token_ids": [1, -1]}, {"text": "a b"}])
+
+
+WANT_ORDER = [2, 3, 4, 5, 6, 8]
+
+
+@pytest.mark.parametrize("engine", TEXT_ENGINES)
+def test_skipped_rows_are_listed_in_file_and_row_order(tmp_path: Path, engine: Any) -> None:
+    path = _mixed_skips(tmp_path)
+    _, skipped = engine([path])
+    assert [s.row for s in skipped] == WANT_ORDER
+    _, twice = engine([path, _abc(tmp_path), path])
+    assert [s.row for s in twice] == [*WANT_ORDER, 1, 2, *WANT_ORDER]  # abc: no usable field
+
+
+def test_ray_reads_inputs_as_stream_does(ray_cluster: Any, tmp_path: Path) -> None:
+    from fingerprint.engines import Fields, detect_ray
+
+    path = _mixed_skips(tmp_path)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"token_ids": pa.array([[], BASE], type=pa.list_(pa.int64()))}),
+                   empty)
+    paths = [path, bom, empty, path]
+    tok = CharTokenizer()
+    for cfg in (DetectorConfig(), DetectorConfig(dedup="none")):
+        want, want_skipped = detect_stream(paths, Detector(KEY, cfg), tokenizer=tok,
+                                           progress=False)
+        got, skipped = detect_ray(paths, cfg, KEY, tokenizer=tok, chunk_tokens=50,
+                                  jsonl_split_bytes=100)
+        assert _skips(skipped) == _skips(want_skipped)
+        assert [s.row for s in skipped] == WANT_ORDER * 2 + [1] + WANT_ORDER
+        assert (got.n_positions, got.n_scored, got.n_green) == (
+            want.n_positions, want.n_scored, want.n_green)
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(InputError, match=r"dir\.jsonl is a directory"):
+        detect_ray([tmp_path / "dir.jsonl"], DetectorConfig(), KEY)
+    with pytest.raises(InputError, match=r"column 'nope' not in .*abc\.parquet; columns: a, b, c"):
+        detect_ray([_abc(tmp_path)], DetectorConfig(), KEY, fields=Fields(ids_field="nope"))
+    with pytest.raises(InputError, match=r"flip\.parquet: corrupt .*row group 1"):
+        detect_ray([_flipped(tmp_path)], DetectorConfig(), KEY)

@@ -269,13 +269,15 @@ def detect_corpus(
     vocab_size: int | None = None,
     progress: bool = False,
 ) -> tuple[DetectionResult, list[Skipped]]:
-    """Test a whole corpus with global dedup, streaming it in bounded batches."""
+    """Test a whole corpus with global dedup, streaming it in bounded batches; (result, skipped
+    rows in file and row order)."""
     state = detector.new_state()
     skipped: list[Skipped] = []
     seqs: list[np.ndarray] = []
     proms: list[np.ndarray] = []
     pending = 0
     n_tokens = 0
+    n_own = 0  # rows skipped here (the rest are the reader's), merged in row order
     bar = tqdm(desc="detect", unit="tok", unit_scale=True, disable=not progress)
 
     def flush() -> None:
@@ -284,10 +286,13 @@ def detect_corpus(
         seqs.clear()
         proms.clear()
 
+    read_skips = records.skipped if isinstance(records, CorpusReader) else []
     for rec in records:
+        skipped += read_skips[len(skipped) - n_own:]  # the reader's, for rows before this one
         ids = record_ids(rec, tokenizer, normalize, vocab_size)
         if isinstance(ids, Skipped):
             skipped.append(ids)
+            n_own += 1
             continue
         seqs.append(ids)
         proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
@@ -299,8 +304,7 @@ def detect_corpus(
             pending = 0
     flush()
     bar.close()
-    if isinstance(records, CorpusReader):
-        skipped = records.skipped + skipped
+    skipped += read_skips[len(skipped) - n_own:]
     return detector.result(state), skipped
 
 

@@ -210,7 +210,7 @@ class _ScoreUnits:
             for c, chunk in enumerate(reader.chunks(unit)):
                 seq = (unit.seq << 20) | c
                 n_pos, recs = self._records(dets[0], chunk)
-                skipped = json.dumps([[s.source, s.row, s.reason] for s in chunk.skipped])
+                skipped = json.dumps([[s.source, s.row, s.reason, seq] for s in chunk.skipped])
                 if not job.dedup:
                     yield _stats_table(job, dets, n_pos, skipped, recs)
                 else:
@@ -415,7 +415,7 @@ class _Totals:
     skipped: list[Skipped]
 
 
-def _run(job: _Job, units: list[Unit], paths_order: dict[str, int], *, num_cpus: float,
+def _run(job: _Job, units: list[Unit], *, num_cpus: float,
          num_gpus: float, max_retries: int | None, progress: bool, shuffle: str | None
          ) -> _Totals:
     import ray
@@ -444,14 +444,17 @@ def _run(job: _Job, units: list[Unit], paths_order: dict[str, int], *, num_cpus:
     n_keys = len(json.loads(rows[0]["n_green"])) if rows else 1
     totals = _Totals(0, 0, np.zeros(n_keys, dtype=np.int64), [ExactSum() for _ in range(n_keys)],
                      [])
+    skipped: list[list[Any]] = []
     for r in rows:
         totals.n_positions += int(r["n_positions"])
         totals.n_scored += int(r["n_scored"])
         totals.n_green += np.asarray(json.loads(r["n_green"]), dtype=np.int64)
         for s, e in zip(totals.sums, json.loads(r["exact"]), strict=True):
             s += ExactSum.from_str(e)
-        totals.skipped += [Skipped(*s) for s in json.loads(r["skipped"])]
-    totals.skipped.sort(key=lambda s: (paths_order.get(s.source, 0), s.row))
+        skipped += json.loads(r["skipped"])
+    # corpus order: by chunk (a file given twice has its own units), then row order inside one
+    skipped.sort(key=lambda s: s[3])
+    totals.skipped = [Skipped(source, row, reason) for source, row, reason, _ in skipped]
     return totals
 
 
@@ -539,8 +542,7 @@ def _start() -> Any:
 
 def _prepare(paths: Sequence[str | Path], tokenizer: Any, num_partitions: int | None,
              chunk_tokens: int, num_gpus: float, device: str | None,
-             jsonl_split_bytes: int | None) -> tuple[Any, list[Unit], dict[str, int], int, Any,
-                                                      str | None]:
+             jsonl_split_bytes: int | None) -> tuple[Any, list[Unit], int, Any, str | None]:
     if chunk_tokens < 1:
         raise ConfigError(f"chunk_tokens must be positive, got {chunk_tokens}")
     if num_partitions is not None and num_partitions < 1:
@@ -553,8 +555,7 @@ def _prepare(paths: Sequence[str | Path], tokenizer: Any, num_partitions: int | 
     tok_ref = None if tokenizer is None else ray.put(tokenizer)
     if device is None and num_gpus > 0:
         device = "cuda"
-    order = {str(Path(p)): i for i, p in enumerate(paths)}
-    return ray, units, order, n_parts, tok_ref, device
+    return ray, units, n_parts, tok_ref, device
 
 
 def detect_ray(
@@ -588,13 +589,13 @@ def detect_ray(
     key = as_key(key_source)
     cfg = config
     det = Detector(key, cfg)  # validates the configuration and key on the driver
-    ray, units, order, n_parts, tok_ref, device = _prepare(
+    ray, units, n_parts, tok_ref, device = _prepare(
         paths, tokenizer, num_partitions, chunk_tokens, num_gpus, device, jsonl_split_bytes)
     holder = _key_holder([_secret_of(key)])
     job = _Job(uuid.uuid4().hex, "detect", cfg.to_dict(), fields or Fields(), normalize, vocab_size,
                chunk_tokens, n_parts, holder, tok_ref, device, max(1, int(num_cpus)))
     try:
-        t = _run(job, units, order, num_cpus=num_cpus, num_gpus=num_gpus,
+        t = _run(job, units, num_cpus=num_cpus, num_gpus=num_gpus,
                  max_retries=max_retries, progress=progress, shuffle=shuffle)
     finally:
         ray.kill(holder)
@@ -632,13 +633,13 @@ def calibrate_ray(
     if n_keys < 2:
         raise ConfigError("calibration needs at least 2 random keys")
     keys = random_keys(n_keys, seed)
-    ray, units, order, n_parts, tok_ref, _ = _prepare(
+    ray, units, n_parts, tok_ref, _ = _prepare(
         paths, tokenizer, num_partitions, chunk_tokens, 0, None, jsonl_split_bytes)
     holder = _key_holder([_secret_of(k) for k in keys])
     job = _Job(uuid.uuid4().hex, "calibrate", cfg.to_dict(), fields or Fields(), normalize,
                vocab_size, chunk_tokens, n_parts, holder, tok_ref, None, max(1, int(num_cpus)))
     try:
-        t = _run(job, units, order, num_cpus=num_cpus, num_gpus=0, max_retries=max_retries,
+        t = _run(job, units, num_cpus=num_cpus, num_gpus=0, max_retries=max_retries,
                  progress=progress, shuffle=shuffle)
     finally:
         ray.kill(holder)
