@@ -600,9 +600,10 @@ def report_from_audit(
     ``prompts`` and ``answers`` (the closed audit's prompts file and answers checkpoint).
     ``controls_seed`` is the ``seed`` the audit was run with (controls are recomputable only
     with it; by default the one the result records). A closed audit's ``teacher`` file is
-    recomputed through the filter phi only when the audit used it. Open audits: ``vocab_size`` and ``batch_tokens`` as passed to ``audit_open``, and
-    ``suspect_model`` to record its weights' SHA-256. Closed audits: ``tokenizer`` and
-    ``normalize`` as passed to ``audit_closed``.
+    recomputed through the filter phi only when the audit used it. Open audits: ``vocab_size``
+    and ``batch_tokens`` as passed to ``audit_open``, and ``suspect_model`` to record its
+    weights' SHA-256. Closed audits: ``tokenizer`` and ``normalize`` as passed to
+    ``audit_closed``.
     """
     det = result.detection
     files = describe_inputs(inputs)
