@@ -13,6 +13,7 @@ from typing import Any
 
 from fingerprint.audit.controls import MIN_CONTROLS, AuditResult
 from fingerprint.audit.reading import read_teacher
+from fingerprint.cli_output import check_output, write_output
 from fingerprint.detect.corpus import Skipped
 from fingerprint.detect.detector import SCHEMES, DetectorConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
@@ -172,6 +173,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
                          context_width=args.context_width, dedup=args.dedup)
     if args.mode == "closed" and not args.prompts:
         raise ConfigError("closed mode needs --prompts (the prompts to query the suspect)")
+    check_output(args.out)  # before the audit, which can take hours
+    if args.report:
+        check_output(args.report, "--report")
+        check_output(Path(args.report).with_suffix(".html"), "--report")
     model: Any = None
     if args.mode == "open" or not args.suspect.startswith(("http://", "https://")):
         model, tok = load_model(args.suspect)
@@ -220,7 +225,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         res.inputs["answers_checkpoint"] = {"path": str(checkpoint),
                                             "sha256": file_digest(checkpoint)}
     # written before anything is printed: a summary that fails must not lose the result
-    Path(args.out).write_text(json.dumps(res.to_dict(), indent=2))
+    write_output(args.out, json.dumps(res.to_dict(), indent=2))
     print(f"wrote {args.out}")
     if args.report:
         write_report(args, res, tok, model if args.mode == "open" else None)

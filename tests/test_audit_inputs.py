@@ -292,3 +292,33 @@ def test_library_audits_refuse_zero_controls_up_front(tiny_model, default_tokeni
         run_controls([], CFG, audit_open(tiny_model, [TeacherText([], [1, 2, 3])], KEY, CFG,
                                          vocab_size=V, n_controls=1, seed=0).detection,
                      n_keys=0)
+
+
+def test_library_closed_report_naming_an_unused_teacher_recomputes(work,
+                                                                   default_tokenizer) -> None:
+    """As the demo does: a closed audit without the filter phi, its report given the teacher
+    file among its inputs; verify must not apply the filter the audit did not use."""
+    from fingerprint.audit.clients import OpenAIClient
+    from fingerprint.audit.querying import audit_closed
+    from fingerprint.report.model import report_from_audit
+    from fingerprint.report.recompute import recompute_report
+
+    from .openai_stub_server import OpenAIStub
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "while", "birds", "sang", "songs"]
+    prompts = [f"Tell me about item {i}." for i in range(6)]
+    answers = work["dir"] / "answers.jsonl"
+    with OpenAIStub(answer=lambda p: " ".join(words[(len(p) + i) % 10] for i in range(30))
+                    ) as server:
+        res = audit_closed(OpenAIClient(server.base_url, "stub", max_retries=1), prompts, KEY,
+                           CFG, tokenizer=default_tokenizer, checkpoint=answers,
+                           n_controls=MIN_CONTROLS, seed=5)
+    assert res.detection.n_scored > 0 and res.inputs.get("filter_phi") is None
+    rep = report_from_audit(res, inputs={"teacher": work["teacher"], "prompts": work["prompts"],
+                                         "answers": answers}, tokenizer=default_tokenizer,
+                            tokenizer_spec="default")
+    assert rep["procedure"]["params"]["teacher"] is None
+    assert rep["procedure"]["params"]["controls_seed"] == 5  # the result's, not given here
+    out = recompute_report(json.loads(json.dumps(rep)), work["dir"], KEY,
+                           tokenizer=default_tokenizer)
+    assert out.controls_checked

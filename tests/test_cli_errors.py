@@ -177,3 +177,15 @@ def test_verify_and_render_usage_errors(tmp_path, key_file, capsys) -> None:
     code, _, err = _run(["report", "render", str(report), "--out", str(tmp_path / "r.html"),
                          "--public-key", str(tmp_path / "no.pem")], capsys)
     assert code == 2 and "--public-key" in err and not (tmp_path / "r.html").exists()
+
+
+def test_audit_refuses_its_outputs_before_loading_anything(tmp_path, key_file, capsys) -> None:
+    teacher = tmp_path / "teacher.jsonl"
+    teacher.write_text(json.dumps({"completion_token_ids": [1, 2, 3]}) + "\n")
+    base = ["audit", "--mode", "open", "--suspect", str(tmp_path / "no-model"),
+            "--teacher-corpus", str(teacher), "--key", str(key_file)]
+    code, _, err = _run([*base, "--out", str(key_file)], capsys)
+    assert code == 2 and "secret key file" in err
+    code, _, err = _run([*base, "--out", str(tmp_path / "a.json"), "--report",
+                         str(tmp_path / "missing" / "r.json")], capsys)
+    assert code == 2 and "--report" in err and "does not exist" in err

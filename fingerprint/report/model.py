@@ -640,9 +640,10 @@ def report_from_audit(
         params = {"teacher": roles.get("teacher"), "vocab_size": vocab_size,
                   "top_k": cfg.get("top_k", 1), "max_length": cfg.get("max_length"),
                   "batch_tokens": batch_tokens}
+    if controls_seed is None:
+        controls_seed = getattr(result.controls, "seed", None)
     params["n_controls"] = int(result.controls.n_keys)
-    params["controls_seed"] = (controls_seed if controls_seed is not None
-                               else getattr(result.controls, "seed", None))
+    params["controls_seed"] = controls_seed
     null = str(result.null_hypothesis)
     if "this watermark key" in null:
         null = null.replace("this watermark key", f"watermark key {det.key_id}", 1)
