@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fingerprint.cli_output import check_output, write_output
-from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus, record_ids
+from fingerprint.detect.corpus import CorpusReader, Skipped, detect_corpus, usable_records
 from fingerprint.detect.detector import SCHEMES, Detector, DetectorConfig
 from fingerprint.detect.normalize import NormalizeConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
@@ -180,14 +180,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         reader = _reader(args)
         tok = LazyTokenizer(args.tokenizer)
         seqs, proms = [], []
-        for rec in reader:
-            ids = record_ids(rec, tok, _normalize(args), None)
-            if isinstance(ids, Skipped):
-                reader.skipped.append(ids)
-                continue
+        skipped = []
+        for rec, ids in usable_records(reader, tok, _normalize(args), None, skipped):
             seqs.append(ids)
             proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
-        skipped = reader.skipped
         if not seqs:
             _print_skipped(skipped)
             raise InputError("nothing to calibrate on: the inputs hold no usable row")

@@ -337,3 +337,22 @@ def test_ray_reads_inputs_as_stream_does(ray_cluster: Any, tmp_path: Path) -> No
         detect_ray([_abc(tmp_path)], DetectorConfig(), KEY, fields=Fields(ids_field="nope"))
     with pytest.raises(InputError, match=r"flip\.parquet: corrupt .*row group 1"):
         detect_ray([_flipped(tmp_path)], DetectorConfig(), KEY)
+
+
+def test_report_and_calibration_list_skips_in_row_order(tmp_path: Path, capsys) -> None:
+    """The report's detection and the command line's calibration read rows as detect does:
+    a row refused after reading (empty ids, row 2) comes before a broken line (row 3)."""
+    from fingerprint.cli import main
+    from fingerprint.report.recompute import detect_files
+
+    path = tmp_path / "c.jsonl"
+    lines = [json.dumps({"token_ids": list(range(5, 45))}), json.dumps({"token_ids": []}),
+             "{broken", json.dumps({"token_ids": list(range(50, 90))})]
+    path.write_text("\n".join(lines) + "\n")
+    det = detect_files(KEY, [path], DetectorConfig(context_width=1), n_controls=0)
+    assert [s.row for s in det.skipped] == [2, 3]
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", str(path), "--n-keys", "20", "--seed", "1", "--quiet",
+                 "--context-width", "1", "--out", str(out)]) in (0, 1)
+    capsys.readouterr()
+    assert [s["row"] for s in json.loads(out.read_text())["skipped"]] == [2, 3]

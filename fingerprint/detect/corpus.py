@@ -13,7 +13,7 @@ path or a directory, a .txt file (one text) that is not valid UTF-8, a corrupt P
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +260,24 @@ def record_ids(rec: Record, tokenizer: Any, normalize: NormalizeConfig | None,
     return ids
 
 
+def usable_records(records: Iterable[Record], tokenizer: Any, normalize: NormalizeConfig | None,
+                   vocab_size: int | None, skipped: list[Skipped]
+                   ) -> Iterator[tuple[Record, np.ndarray]]:
+    """(record, its ids) for each usable record; the others, the reader's own skips (for a
+    :class:`CorpusReader`) and those of :func:`record_ids`, go to ``skipped`` in row order."""
+    read_skips = records.skipped if isinstance(records, CorpusReader) else []
+    taken = 0  # of read_skips, already in skipped
+    for rec in records:
+        skipped += read_skips[taken:]  # the reader's, for rows before this one
+        taken = len(read_skips)
+        ids = record_ids(rec, tokenizer, normalize, vocab_size)
+        if isinstance(ids, Skipped):
+            skipped.append(ids)
+            continue
+        yield rec, ids
+    skipped += read_skips[taken:]
+
+
 def detect_corpus(
     detector: Detector,
     records: CorpusReader | list[Record],
@@ -277,7 +295,6 @@ def detect_corpus(
     proms: list[np.ndarray] = []
     pending = 0
     n_tokens = 0
-    n_own = 0  # rows skipped here (the rest are the reader's), merged in row order
     bar = tqdm(desc="detect", unit="tok", unit_scale=True, disable=not progress)
 
     def flush() -> None:
@@ -286,14 +303,7 @@ def detect_corpus(
         seqs.clear()
         proms.clear()
 
-    read_skips = records.skipped if isinstance(records, CorpusReader) else []
-    for rec in records:
-        skipped += read_skips[len(skipped) - n_own:]  # the reader's, for rows before this one
-        ids = record_ids(rec, tokenizer, normalize, vocab_size)
-        if isinstance(ids, Skipped):
-            skipped.append(ids)
-            n_own += 1
-            continue
+    for rec, ids in usable_records(records, tokenizer, normalize, vocab_size, skipped):
         seqs.append(ids)
         proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
         pending += len(ids)
@@ -304,7 +314,6 @@ def detect_corpus(
             pending = 0
     flush()
     bar.close()
-    skipped += read_skips[len(skipped) - n_own:]
     return detector.result(state), skipped
 
 

@@ -36,7 +36,13 @@ from fingerprint.audit.controls import run_controls
 from fingerprint.audit.reading import TeacherText
 from fingerprint.audit.reading import read_teacher as read_teacher_rows
 from fingerprint.detect.calibrate import ScoredBatch
-from fingerprint.detect.corpus import BATCH_TOKENS, CorpusReader, Skipped, detect_corpus, record_ids
+from fingerprint.detect.corpus import (
+    BATCH_TOKENS,
+    CorpusReader,
+    Skipped,
+    detect_corpus,
+    usable_records,
+)
 from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
 from fingerprint.detect.normalize import NormalizeConfig
 from fingerprint.errors import InputError
@@ -210,11 +216,7 @@ def detect_files(
         proms.clear()
         recs.clear()
 
-    for rec in reader:
-        ids = record_ids(rec, tok, normalize, vocab_size)
-        if isinstance(ids, Skipped):
-            skipped.append(ids)
-            continue
+    for rec, ids in usable_records(reader, tok, normalize, vocab_size, skipped):
         seqs.append(ids)
         proms.append(np.asarray(rec.prompt_ids or [], dtype=np.int64))
         recs.append((Path(rec.source).name, rec.row))
@@ -245,7 +247,7 @@ def detect_files(
     }
     return CorpusDetection(result=real, paths=files, curve=curve, controls=controls,
                            controls_seed=controls_seed if n_controls else None,
-                           token_flags=flags, skipped=reader.skipped + skipped, params=params)
+                           token_flags=flags, skipped=skipped, params=params)
 
 
 def read_teacher(path: str | os.PathLike[str]) -> list[TeacherText]:
