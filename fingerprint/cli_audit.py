@@ -13,6 +13,7 @@ from typing import Any
 
 from fingerprint.audit.controls import MIN_CONTROLS, AuditResult
 from fingerprint.audit.reading import read_teacher
+from fingerprint.cli_detect import add_prompt_context_argument
 from fingerprint.cli_output import check_output, write_output
 from fingerprint.detect.corpus import Skipped
 from fingerprint.detect.detector import SCHEMES, DetectorConfig
@@ -44,6 +45,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--gamma", type=float, default=0.25)
     p.add_argument("--context-width", type=int, default=None)
     p.add_argument("--dedup", choices=DEDUP_POLICIES, default=None)
+    add_prompt_context_argument(p)
     p.add_argument("--controls", type=controls_count, default=100,
                    help=f"random control keys (M, default 100, at least {MIN_CONTROLS}: fewer "
                         "say too little about the audit's calibration; 100 or more advised)")
@@ -170,7 +172,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     key = WatermarkKey.load(args.key)
     cfg = DetectorConfig(scheme=args.scheme, prf=args.prf, gamma=args.gamma,
-                         context_width=args.context_width, dedup=args.dedup)
+                         context_width=args.context_width, dedup=args.dedup,
+                         prompt_context=args.prompt_context)
     if args.mode == "closed" and not args.prompts:
         raise ConfigError("closed mode needs --prompts (the prompts to query the suspect)")
     check_output(args.out)  # before the audit, which can take hours

@@ -32,6 +32,7 @@ def _add_test_options(p: argparse.ArgumentParser) -> None:
                    help="tuple (KGW default), context (Gumbel default), or none")
     p.add_argument("--skip-prompt-windows", action="store_true",
                    help="do not score completion windows that occur in the prompt")
+    add_prompt_context_argument(p)
     p.add_argument("--tokenizer", default="default",
                    help="tokenizer for text inputs: 'default' (SmolLM2) or a local path")
     p.add_argument("--normalize", choices=("NFC", "NFKC", "none"), default="NFC")
@@ -43,6 +44,14 @@ def _add_test_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("stream", "ray"), default=None,
                    help="stream: in-process, files read in bounded chunks; ray: on a Ray "
                         "cluster (pip install 'fingerprint[ray]'); see docs/scale.md")
+
+
+def add_prompt_context_argument(p: argparse.ArgumentParser) -> None:
+    """``--prompt-context`` / ``--no-prompt-context``, as the watermark was generated."""
+    p.add_argument("--prompt-context", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the first completion tokens' windows read the row's prompt ids, "
+                        "as at generation (default: yes for kgw, no for the Gumbel schemes, "
+                        "as vLLM)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -70,7 +79,8 @@ def add_parsers(sub: Any) -> None:
 def _config(args: argparse.Namespace) -> DetectorConfig:
     return DetectorConfig(scheme=args.scheme, prf=args.prf, gamma=args.gamma, alpha=args.alpha,
                           context_width=args.context_width, dedup=args.dedup,
-                          skip_prompt_windows=args.skip_prompt_windows)
+                          skip_prompt_windows=args.skip_prompt_windows,
+                          prompt_context=args.prompt_context)
 
 
 def _keys(args: argparse.Namespace) -> list[WatermarkKey]:

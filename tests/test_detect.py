@@ -212,6 +212,50 @@ def test_skip_prompt_windows() -> None:
     assert r.n_positions == 4 and r.n_scored == 1
 
 
+def test_prompt_context_off_pads_the_first_windows_but_keeps_the_prompt_for_skipping() -> None:
+    prf = get_prf("siphash", KEY, "gumbel")
+    prompt, completion = [11, 12, 13, 14, 15], [21, 22, 23, 24, 25, 26]
+    off = Detector(KEY, scheme="gumbel", context_width=3, dedup="none")
+    assert off.config.prompt_context is False  # the Gumbel generators' default (and vLLM's)
+    plain = Detector(KEY, scheme="gumbel").config  # every default follows the scheme given
+    assert (plain.context_width, plain.dedup, plain.prompt_context) == (4, "context", False)
+    r = off.detect([completion], prompts=[prompt], flags=True)
+    want = -np.log1p(-prf.score(np.array(completion), 3))  # windows padded with -1
+    assert r.n_scored == r.n_positions == 6
+    assert np.allclose([f["score"] for f in r.token_flags], want, rtol=0, atol=0)
+    on = Detector(KEY, scheme="gumbel", context_width=3, dedup="none", prompt_context=True)
+    r_on = on.detect([completion], prompts=[prompt], flags=True)
+    want_on = -np.log1p(-prf.score(np.array(prompt + completion), 3))[5:]
+    assert [f["score"] for f in r_on.token_flags] == want_on.tolist() != want.tolist()
+    # skipping windows copied from the prompt still sees the prompt's own windows
+    skip = Detector(KEY, scheme="kgw", context_width=1, dedup="none", prompt_context=False,
+                    skip_prompt_windows=True)
+    assert skip.detect([[5, 9, 6, 3]], prompts=[[5, 6, 7, 8]]).n_scored == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 40), max_size=7), min_size=1, max_size=5),
+       st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=7), min_size=5, max_size=5),
+       st.integers(1, 4))
+def test_prompt_gap_windows_equal_unprompted_windows(prompts, comps, h) -> None:
+    """With prompt_context off, every completion window is the window of the completion alone
+    and every prompt window is unchanged; the gap holds nothing scored."""
+    from fingerprint.detect.detector import pack_batches
+
+    comps = [np.array(c) for c in comps[: len(prompts)]]
+    proms = [np.array(p, dtype=np.int64) for p in prompts]
+    for x, m, s in pack_batches(comps, proms, prompt_gap=h):
+        start = np.zeros(x.shape[0], np.int64) if s is None else s
+        mask = np.ones(x.shape, bool) if m is None else m
+        w = windows(x, h, mask)
+        for r in range(x.shape[0]):
+            c, p = comps[r], proms[r]
+            assert np.array_equal(x[r, start[r]:start[r] + len(c)], c)
+            assert np.array_equal(w[r, start[r]:start[r] + len(c)], windows(c[None, :], h)[0])
+            assert np.array_equal(w[r, :len(p)], windows(p[None, :], h)[0])
+            assert mask[r].sum() == len(p) + len(c)
+
+
 def test_row_first_occurrences_and_membership_match_a_naive_scan() -> None:
     rng = np.random.default_rng(5)
     hi = rng.integers(0, 3, (6, 40)).astype(np.uint64)

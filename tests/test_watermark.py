@@ -392,6 +392,37 @@ def test_cli_generate_resumes(tmp_path, tiny_dir, capsys) -> None:
     assert "different watermark" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("scheme", ["kgw", "gumbel"])
+def test_cli_generate_then_detect_scores_the_generations_windows(tmp_path, tiny_dir, scheme,
+                                                                 capsys) -> None:
+    """The generated file carries prompt ids; detect's defaults must read them as generation
+    did (KGW: into the prompt; Gumbel: not), so every token scores as the generator chose it."""
+    from fingerprint.detect.detector import Detector, DetectorConfig
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, [json.dumps({"prompt": f"Tell me about {w}."})
+                            for w in ("rivers", "stones", "birds", "clouds")])
+    key = KEY.save(tmp_path / "k.key")
+    out = tmp_path / "wm.jsonl"
+    assert main(["generate", "--prompts", str(prompts), "--out", str(out), "--model",
+                 str(tiny_dir), "--key", str(key), "--scheme", scheme, "--delta", "50",
+                 "--max-new-tokens", "8", "--batch-size", "4", "--seed", "1", "--quiet"]) == 0
+    res = tmp_path / "r.json"
+    assert main(["detect", str(out), "--key", str(key), "--scheme", scheme, "--dedup", "none",
+                 "--quiet", "--out", str(res)]) == 0
+    capsys.readouterr()
+    got = json.loads(res.read_text())["results"][0]
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    cfg = DetectorConfig.from_dict({**recs[0]["watermark"], "dedup": "none"})
+    want = Detector(KEY, cfg).detect(
+        [r["completion_token_ids"] for r in recs],
+        prompts=[r["prompt_token_ids"] for r in recs] if cfg.prompt_context else None)
+    assert got["n_scored"] == want.n_scored == sum(len(r["completion_token_ids"]) for r in recs)
+    assert got["log10_pvalue"] == want.log10_pvalue
+    if scheme == "kgw":  # delta 50: every generated token is green in its own window
+        assert got["n_green"] == got["n_scored"]
+
+
 def test_cli_generate_needs_a_key(tmp_path, tiny_dir, capsys) -> None:
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, ['{"prompt": "hello"}'])

@@ -35,7 +35,12 @@ from fingerprint.audit.controls import (
 from fingerprint.core.contexts import tuple_keys
 from fingerprint.detect.calibrate import ScoredBatch
 from fingerprint.detect.corpus import CorpusReader, Skipped
-from fingerprint.detect.detector import Detector, DetectorConfig, pack_batches
+from fingerprint.detect.detector import (
+    Detector,
+    DetectorConfig,
+    insert_prompt_gap,
+    pack_batches,
+)
 from fingerprint.detect.tuples import first_in_row
 from fingerprint.errors import ConfigError, InputError, TokenIdError
 from fingerprint.keys import WatermarkKey
@@ -209,10 +214,14 @@ def audit_open(
                  for t, p in zip(part, prompts, strict=True)]
         for x, mask, start in pack_batches(comps, prompts):
             t0 = time.perf_counter()
-            topk = predict_topk(model, x, mask, top_k)
+            topk = predict_topk(model, x, mask, top_k)  # the model reads the rows unbroken
             t1 = time.perf_counter()
-            exclude = seen_window_earlier(x, cfg.h, mask)
-            exclude[:, 0] = True
+            no_guess = np.zeros(x.shape, dtype=bool)
+            no_guess[:, 0] = True  # position 0 has no prediction
+            # the windows are the generation's: without prompt context, a gap of -1 entries
+            x, mask, start, topk, no_guess = insert_prompt_gap(x, mask, start, cfg.prompt_gap,
+                                                               topk, no_guess)
+            exclude = seen_window_earlier(x, cfg.h, mask) | no_guess
             for j in range(top_k):
                 cand = topk[:, :, j].copy()
                 cand[cand < 0] = 0  # position 0 (excluded) has no prediction

@@ -159,7 +159,7 @@ def calibrate(
         raise ConfigError("calibration needs at least 2 random keys")
     seqs = as_sequences(sequences, "sequences")
     proms = None if prompts is None else as_sequences(prompts, "prompts")
-    batches = list(pack_batches(seqs, proms))
+    batches = list(pack_batches(seqs, proms, cfg.prompt_gap))
     seen = TupleSet()
     selections = [select_positions(x, cfg.h, mask=m, score_from=s, dedup=cfg.dedup, seen=seen,
                                    skip_prompt_windows=cfg.skip_prompt_windows)

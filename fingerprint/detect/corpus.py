@@ -298,7 +298,7 @@ def detect_corpus(
     bar = tqdm(desc="detect", unit="tok", unit_scale=True, disable=not progress)
 
     def flush() -> None:
-        for x, m, s in pack_batches(seqs, proms):
+        for x, m, s in pack_batches(seqs, proms, detector.config.prompt_gap):
             detector.update(state, x, mask=m, score_from=s, vocab_size=vocab_size)
         seqs.clear()
         proms.clear()

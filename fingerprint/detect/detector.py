@@ -33,6 +33,10 @@ SCHEMES: tuple[str, ...] = ("kgw", "gumbel", "dual_key_gumbel")
 DEFAULT_DEDUP: dict[str, DedupPolicy] = {"kgw": "tuple", "gumbel": "context",
                                          "dual_key_gumbel": "context"}
 DEFAULT_CONTEXT_WIDTH: dict[str, int] = {"kgw": 2, "gumbel": 4, "dual_key_gumbel": 4}
+# whether the first completion tokens' windows read the prompt: as the generators' defaults
+# (KGW here and in the KGW paper's code; Gumbel here and in vLLM, whose windows never do)
+DEFAULT_PROMPT_CONTEXT: dict[str, bool] = {"kgw": True, "gumbel": False,
+                                           "dual_key_gumbel": False}
 ROW_BATCH = 1 << 22
 VLLM_LOOP_LIMIT = 100_000  # tokens per internal batch: bounds memory on large corpora
 
@@ -43,6 +47,10 @@ class DetectorConfig:
 
     ``dedup=None`` takes the scheme's default from the literature: each distinct (window, token)
     once for KGW, each distinct window once for Gumbel (vLLM's ``deduplicate_contexts``).
+    ``prompt_context`` must match the generation's: when True, given prompts fill the windows of
+    the first completion tokens; when False they read ``-1`` (prompts then serve only
+    ``skip_prompt_windows``). ``None`` takes the generators' default: True for KGW, False for
+    the Gumbel schemes (as vLLM).
     """
 
     scheme: Scheme = "kgw"
@@ -52,6 +60,7 @@ class DetectorConfig:
     alpha: float = 0.1
     dedup: DedupPolicy | None = None
     skip_prompt_windows: bool = False
+    prompt_context: bool | None = None
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -73,11 +82,22 @@ class DetectorConfig:
         if self.dedup is None:
             object.__setattr__(self, "dedup", DEFAULT_DEDUP[self.scheme])
         check_dedup(self.dedup)
+        if self.prompt_context is None:
+            object.__setattr__(self, "prompt_context", DEFAULT_PROMPT_CONTEXT[self.scheme])
+        if not isinstance(self.prompt_context, bool | np.bool_):
+            raise ConfigError(f"prompt_context must be True or False, got {self.prompt_context!r}")
+        object.__setattr__(self, "prompt_context", bool(self.prompt_context))
 
     @property
     def h(self) -> int:
         """The context width."""
         return int(self.context_width)  # type: ignore[arg-type]
+
+    @property
+    def prompt_gap(self) -> int:
+        """Masked columns between a prompt and its completion (:func:`pack_batches`): ``h``
+        when the windows of the first completion tokens read ``-1``, not the prompt."""
+        return 0 if self.prompt_context else self.h
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable form."""
@@ -154,9 +174,12 @@ class Detector:
 
     def __init__(self, key: WatermarkKey | int | str, config: DetectorConfig | None = None,
                  **overrides: Any) -> None:
-        cfg = config or DetectorConfig()
-        if overrides:
-            cfg = DetectorConfig(**{**cfg.to_dict(), **overrides})
+        if config is None:  # defaults (h, dedup, prompt context) follow the scheme given
+            cfg = DetectorConfig(**overrides)
+        elif overrides:  # the config's values stand where not overridden
+            cfg = DetectorConfig(**{**config.to_dict(), **overrides})
+        else:
+            cfg = config
         self.config = cfg
         key = as_key(key)
         self.key_id = key.key_id
@@ -301,7 +324,7 @@ class Detector:
             raise InputError(f"got {len(proms)} prompts for {len(seqs)} sequences")
         state = self.new_state()
         token_flags: list[dict[str, Any]] = [] if flags else None  # type: ignore[assignment]
-        for x, mask, start in pack_batches(seqs, proms):
+        for x, mask, start in pack_batches(seqs, proms, self.config.prompt_gap):
             out = self.update(state, x, mask=mask, score_from=start, vocab_size=vocab_size,
                               return_values=flags)
             if flags and out is not None:
@@ -379,13 +402,16 @@ def as_sequences(seqs: Any, what: str) -> list[np.ndarray]:
 
 
 def pack_batches(
-    seqs: list[np.ndarray], prompts: list[np.ndarray] | None
+    seqs: list[np.ndarray], prompts: list[np.ndarray] | None, prompt_gap: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """[B, T] batches of prompt+completion: (tokens, mask or None, completion starts or None).
 
     Rows are right-padded and masked; a batch of one unprompted sequence is passed as it is.
-    A batch closes once it holds ``ROW_BATCH`` tokens. No Python loop runs per token, nor per
-    row beyond one gather of the row arrays (corpora of many short sequences stay fast).
+    ``prompt_gap`` masked columns between a prompt and its completion make the completion's
+    first windows read ``-1`` instead of the prompt (``DetectorConfig.prompt_gap``), while the
+    prompt's own windows stay whole. A batch closes once it holds ``ROW_BATCH`` tokens. No
+    Python loop runs per token, nor per row beyond one gather of the row arrays (corpora of
+    many short sequences stay fast).
     """
     n = len(seqs)
     if n == 0:
@@ -407,7 +433,8 @@ def pack_batches(
             yield np.concatenate(seqs[i:j]).astype(np.int64, copy=False).reshape(j - i, -1), \
                 None, None
         else:
-            yield _padded(seqs[i:j], None if prompts is None else prompts[i:j], lp, ls)
+            yield insert_prompt_gap(*_padded(seqs[i:j], None if prompts is None
+                                             else prompts[i:j], lp, ls), prompt_gap)
         i = j
 
 
@@ -429,6 +456,30 @@ def _padded(seqs: list[np.ndarray], prompts: list[np.ndarray] | None, lp: np.nda
     return x, (None if mask.all() else mask), (lp.copy() if lp.any() else None)
 
 
+def insert_prompt_gap(x: np.ndarray, mask: np.ndarray | None, start: np.ndarray | None,
+                      gap: int, *more: np.ndarray) -> tuple[Any, ...]:
+    """A packed batch with ``gap`` masked columns between each row's prompt (``start`` > 0)
+    and completion, so the completion's first windows read ``-1`` while the prompt's own
+    windows stay whole. ``more`` [B, T, ...] arrays (predictions, exclusions) move with the
+    tokens; the gap holds zeros. Returns (x, mask, start, *more)."""
+    if gap == 0 or start is None or not np.asarray(start).any():
+        return (x, mask, start, *more)
+    b, t = x.shape
+    first = np.asarray(start, dtype=np.int64).reshape(-1, 1)
+    shift = np.where(first > 0, gap, 0)
+    cols = np.arange(t)[None, :]
+    new_cols = cols + np.where(cols >= first, shift, 0)  # [B, T]
+    rows = np.repeat(np.arange(b)[:, None], t, axis=1)
+
+    def moved(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((b, t + gap, *a.shape[2:]), dtype=a.dtype)
+        out[rows, new_cols] = a
+        return out
+
+    m = np.ones(x.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    return (moved(x), moved(m), (first + shift).ravel(), *(moved(np.asarray(a)) for a in more))
+
+
 def count_candidates(x: np.ndarray, mask: Any, score_from: Any) -> int:
     """The number of completion positions (before dedup)."""
     if mask is None and score_from is None:
@@ -443,6 +494,7 @@ def count_candidates(x: np.ndarray, mask: Any, score_from: Any) -> int:
 __all__ = [
     "DEFAULT_CONTEXT_WIDTH",
     "DEFAULT_DEDUP",
+    "DEFAULT_PROMPT_CONTEXT",
     "SCHEMES",
     "DetectionResult",
     "DetectionState",
@@ -450,4 +502,6 @@ __all__ = [
     "DetectorConfig",
     "Sufficient",
     "combine_scores",
+    "insert_prompt_gap",
+    "pack_batches",
 ]

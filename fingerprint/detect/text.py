@@ -76,16 +76,18 @@ def detect_text(
     p_ids = np.asarray([], dtype=np.int64)
     if prompt:
         p_ids = encode_text(prompt, tokenizer, normalize=normalize).ids
-    x = np.concatenate([p_ids, enc.ids])[None, :]
-    mask = np.concatenate([np.ones(len(p_ids), bool), ~enc.special])[None, :]
+    gap = detector.config.prompt_gap if len(p_ids) else 0  # see pack_batches
+    x = np.concatenate([p_ids, np.zeros(gap, np.int64), enc.ids])[None, :]
+    mask = np.concatenate([np.ones(len(p_ids), bool), np.zeros(gap, bool), ~enc.special])[None, :]
+    first = len(p_ids) + gap  # the completion's first column
     state = detector.new_state()
-    out = detector.update(state, x, mask=mask, score_from=[len(p_ids)], vocab_size=vocab,
+    out = detector.update(state, x, mask=mask, score_from=[first], vocab_size=vocab,
                           return_values=True)
     assert out is not None
     sel, values = out
     flags = []
     for i, (start, end) in enumerate(enc.spans):
-        c = len(p_ids) + i
+        c = first + i
         item: dict[str, Any] = {"index": i, "token": int(enc.ids[i]), "start": start,
                                 "end": end, "scored": bool(sel[0, c])}
         if not enc.special[i]:

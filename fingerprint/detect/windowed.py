@@ -56,9 +56,13 @@ def detect_windowed(
         raise ConfigError("min_size must be at least 1")
     ids = np.asarray(tokens, dtype=np.int64)
     p = np.asarray([] if prompt is None else prompt, dtype=np.int64)
-    x = np.concatenate([p, ids])[None, :]
+    gap = detector.config.prompt_gap if len(p) else 0  # see pack_batches
+    x = np.concatenate([p, np.zeros(gap, np.int64), ids])[None, :]
+    start = len(p) + gap  # the completion's first column
+    cols_all = np.arange(x.shape[1])
+    mask = None if gap == 0 else (cols_all < len(p)) | (cols_all >= start)
     state = detector.new_state()
-    out = detector.update(state, x, score_from=[len(p)], vocab_size=vocab_size,
+    out = detector.update(state, x, mask=mask, score_from=[start], vocab_size=vocab_size,
                           return_values=True)
     assert out is not None
     sel, values = out
@@ -85,8 +89,8 @@ def detect_windowed(
     assert best is not None
     r, i, w = best
     corrected = stats.combine_bonferroni_log10(r.log10_pvalue, m)
-    first = int(cols[i]) - len(p)
-    last = int(cols[i + w - 1]) - len(p) + 1
+    first = int(cols[i]) - start
+    last = int(cols[i + w - 1]) - start + 1
     return WindowedResult(
         pvalue=stats.log10_to_pvalue(corrected), log10_pvalue=corrected,
         best_log10_pvalue=r.log10_pvalue, start=first, end=last, n_windows=m, sizes=sizes,

@@ -220,7 +220,8 @@ class _ScoreUnits:
         job, cfg = self.job, det.config
         parts: list[dict[str, np.ndarray]] = []
         n_pos = 0
-        for x, m, s in pack_batches(chunk.seqs, chunk.prompts) if chunk.seqs else ():
+        for x, m, s in (pack_batches(chunk.seqs, chunk.prompts, cfg.prompt_gap) if chunk.seqs
+                        else ()):
             n_pos += count_candidates(x, m, s)
             sel = select_positions(x, cfg.h, mask=m, score_from=s, dedup="none",
                                    skip_prompt_windows=cfg.skip_prompt_windows)

@@ -459,9 +459,10 @@ def _list_rows(arr: Any, nulls_ok: bool = False
 
 
 # -- scoring ------------------------------------------------------------------------------------
-def _batches(chunk: Chunk) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+def _batches(chunk: Chunk, cfg: DetectorConfig
+             ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
     if chunk.seqs:
-        yield from pack_batches(chunk.seqs, chunk.prompts)
+        yield from pack_batches(chunk.seqs, chunk.prompts, cfg.prompt_gap)
 
 
 def detect_stream(
@@ -492,7 +493,7 @@ def detect_stream(
         for unit in plan_units(paths):
             for chunk in reader.chunks(unit):
                 skipped.extend(chunk.skipped)
-                for x, m, s in _batches(chunk):
+                for x, m, s in _batches(chunk, cfg):
                     out = detector.update(state, x, mask=m, score_from=s,
                                           vocab_size=vocab_size, return_values=gumbel)
                     if out is not None:
@@ -544,7 +545,7 @@ def calibrate_stream(
         for unit in plan_units(paths):
             for chunk in reader.chunks(unit):
                 skipped.extend(chunk.skipped)
-                for x, m, s in _batches(chunk):
+                for x, m, s in _batches(chunk, cfg):
                     sel = select_positions(x, cfg.h, mask=m, score_from=s, dedup=cfg.dedup,
                                            seen=seen, skip_prompt_windows=cfg.skip_prompt_windows)
                     n_pos += count_candidates(x, m, s)

@@ -196,7 +196,7 @@ def detect_files(
 
     def flush() -> None:
         offset = 0
-        for x, m, s in pack_batches(seqs, proms):
+        for x, m, s in pack_batches(seqs, proms, cfg.prompt_gap):
             out = det.update(state, x, mask=m, score_from=s, vocab_size=vocab_size,
                              return_values=True)
             assert out is not None
@@ -569,7 +569,10 @@ def recompute_report(
         raise RecomputeMismatchError(
             f"the watermark key given has id {key.key_id}, the report's key is "
             f"{report['key']['key_id']} (key.key_id)", "key.key_id")
-    cfg = DetectorConfig.from_dict(report["test"]["detector_config"])
+    recorded = dict(report["test"]["detector_config"])
+    # reports from before the setting existed let given prompts fill the first windows
+    recorded.setdefault("prompt_context", True)
+    cfg = DetectorConfig.from_dict(recorded)
     text = report.get("text") or {}
     tok_info = text.get("tokenizer") or {}
     tok = LazyTokenizer(tokenizer if tokenizer is not None else tok_info.get("spec"),
