@@ -98,12 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_cmd_keygen)
 
+    from fingerprint.audit.controls import MIN_CONTROLS
+    from fingerprint.cli_audit import controls_count
+
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded model")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--prompts", type=int, default=48, help="shipped prompts to answer")
     p.add_argument("--new-tokens", type=int, default=48, help="tokens per answer")
     p.add_argument("--steps", type=int, default=300, help="student training steps")
-    p.add_argument("--controls", type=int, default=100, help="random control keys per audit")
+    p.add_argument("--controls", type=controls_count, default=100,
+                   help=f"random control keys per audit (at least {MIN_CONTROLS})")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("generate", help="generate watermarked completions of a prompts file "
