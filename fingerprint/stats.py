@@ -87,6 +87,9 @@ _SCIPY_GAMMA_CENTRAL_Z = 4.4
 _SCIPY_GAMMA_UPPER_SHAPE = 1e8
 # Counts and shapes up to 2**52 keep integer arithmetic exact in float64.
 _MAX_COUNT = 2**52
+# vLLM's integer-shape Gamma tail is a sum of `shape` terms; beyond this many, the exact tail
+# (equal up to rounding) is used instead of an O(shape) array.
+_VLLM_MAX_TERMS = 1 << 20
 
 _NULL_BINOMIAL = (
     "each of the n scored tokens is green independently with probability gamma "
@@ -129,25 +132,24 @@ def _as_count(name: str, value: Any, *, minimum: int | None = 0) -> int:
     return out
 
 
-def _as_real(name: str, value: Any) -> float:
-    """Return ``value`` as a finite float, or raise InputError."""
+def _as_float(name: str, value: Any, error: type[InputError] = InputError) -> float:
+    """``value`` (a Python or numpy real scalar, not a bool) as a float; NaN and inf pass."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise InputError(f"{name} must be a real number, got {value!r}.")
-    f = float(value)
+        raise error(f"{name} must be a real number, got {value!r}.")
+    return float(value)
+
+
+def _as_real(name: str, value: Any, source: str = "scores") -> float:
+    """A statistic or log10 p-value as a float: +-inf are valid values, NaN is refused."""
+    f = _as_float(name, value)
     if math.isnan(f):
-        raise InputError(f"{name} is NaN; check the scores that produced it.")
-    return f
-
-
-def _as_finite(name: str, value: Any) -> float:
-    f = _as_real(name, value)
-    if not math.isfinite(f):
-        raise InputError(f"{name} must be finite, got {f}; check the scores that produced it.")
+        raise InputError(f"{name} is NaN; check the {source} that produced it.")
     return f
 
 
 def _as_open_prob(name: str, value: Any, error: type[InputError] = InputError) -> float:
-    f = _as_real(name, value)
+    """A parameter in (0, 1) as a float (NaN is refused as out of range)."""
+    f = _as_float(name, value, error)
     if not 0.0 < f < 1.0:
         raise error(f"{name} must lie strictly between 0 and 1, got {f}.")
     return f
@@ -468,11 +470,12 @@ def _log_gamma_sf(x: float, a: float) -> float:
 def gamma_sf_log10(x: float, shape: float) -> float:
     """log10 P(Gamma(shape, 1) >= x), exact, for any real shape > 0 (up to 2**52).
 
-    ``x <= 0`` gives 0.0. With an integer shape n this is the upper tail of a sum of n iid
-    Exp(1) variables. Accurate in relative terms from 0 down to far below 1e-1,000,000.
+    ``x <= 0`` gives 0.0 and ``x = inf`` gives ``-inf``. With an integer shape n this is the
+    upper tail of a sum of n iid Exp(1) variables. Accurate in relative terms from 0 down to far
+    below 1e-1,000,000.
     """
     x = _as_real("x", x)
-    shape = _as_finite("shape", shape)
+    shape = _as_float("shape", shape)
     if not 0.0 < shape <= _MAX_COUNT:
         raise InputError(f"shape must be > 0 (and <= 2**52), got {shape}.")
     return _log_gamma_sf(x, shape) / _LN10
@@ -491,6 +494,8 @@ def _log_dual_sf(s: float, n: int, alpha: float) -> float:
     """Natural log of P((1-alpha) G1 + alpha G2 >= s), G1, G2 iid Gamma(n, 1)."""
     if s <= 0.0:
         return 0.0
+    if s == math.inf:
+        return -math.inf
     if alpha in (0.0, 1.0):
         return _log_gamma_sf(s, float(n))
     if alpha == 0.5:
@@ -766,9 +771,10 @@ def _log_dual_quad(s: float, n: int, c_min: float, c_max: float, *, upper: bool)
 def dual_key_gumbel_sf_log10(score: float, n: int, alpha: float) -> float:
     """log10 P((1-alpha) G1 + alpha G2 >= score) with G1, G2 iid Gamma(n, 1), exact.
 
-    Computed as an exact negative-binomial mixture of Gamma tails (closed forms for alpha in
-    {0, 0.5, 1}); for extreme alpha, where the mixture would need millions of terms, by
-    adaptive Gauss-Legendre quadrature in log space.
+    ``score <= 0`` gives 0.0 and ``score = inf`` gives ``-inf``. Computed as an exact
+    negative-binomial mixture of Gamma tails (closed forms for alpha in {0, 0.5, 1}); for
+    extreme alpha, where the mixture would need millions of terms, by adaptive Gauss-Legendre
+    quadrature in log space.
     """
     score = _as_real("score", score)
     n = _as_count("n", n)
@@ -779,15 +785,20 @@ def dual_key_gumbel_sf_log10(score: float, n: int, alpha: float) -> float:
 
 
 def _as_alpha(alpha: Any) -> float:
-    a = _as_real("alpha", alpha)
+    """The weight of key b, in [0, 1] (NaN is refused as out of range)."""
+    a = _as_float("alpha", alpha, ConfigError)
     if not 0.0 <= a <= 1.0:
         raise ConfigError(f"alpha must lie in [0, 1], got {a}; it is the weight of key b.")
     return a
 
 
 def _vllm_int_gamma_sf(x: float, shape: int) -> float:
+    """vLLM's term-by-term sum of P(Gamma(shape, 1) >= x) for an integer shape, x finite."""
     if shape <= 0 or x <= 0.0:
         return 1.0
+    if shape > _VLLM_MAX_TERMS:
+        # The sum needs O(shape) time and memory; it equals the exact tail up to rounding.
+        return min(1.0, math.exp(_log_gamma_sf(x, float(shape))))
     i = np.arange(shape, dtype=np.float64)
     terms = i * math.log(x) - _special().gammaln(i + 1.0)
     top = float(terms.max())  # log-sum-exp, without scipy's per-call overhead (per control key)
@@ -803,16 +814,20 @@ def vllm_compat_pvalue(score: float, n: int, alpha: float) -> float:
     Gamma(n / variance, 1) (summed as vLLM does for alpha in {0, 0.5, 1}, scipy's gammaincc
     otherwise). It is exact only for alpha in {0, 0.5, 1} and is not a valid p-value in
     general; the authoritative p-value is :func:`dual_key_gumbel_test`'s, which uses the exact
-    distribution. Scores <= 0 and n = 0 give 1.0.
+    distribution. Scores <= 0 and n = 0 give 1.0, an infinite score 0.0. For alpha in
+    {0, 0.5, 1} and more than 2**20 terms, the exact tail stands in for vLLM's sum (they are
+    equal up to rounding; the sum would need O(n) time and memory).
     """
-    score = _as_finite("score", score)
+    score = _as_real("score", score)
     n = _as_count("n", n)
     alpha = _as_alpha(alpha)
+    if n == 0 or score <= 0.0:
+        return 1.0
+    if score == math.inf:
+        return 0.0
     variance = (1.0 - alpha) ** 2 + alpha**2
     if alpha in (0.0, 0.5, 1.0):
         return _vllm_int_gamma_sf(score / variance, round(n / variance))
-    if n == 0 or score <= 0.0:
-        return 1.0
     return float(_special().gammaincc(n / variance, score / variance))
 
 
@@ -889,7 +904,7 @@ class DualKeyGumbelTestResult(TestResult):
 
 def log10_to_pvalue(log10_p: float) -> float:
     """``10**log10_p`` as a float; 0.0 only when it underflows (keep the log10 in that case)."""
-    lp = _as_real("log10_p", log10_p)
+    lp = _as_real("log10_p", log10_p, "test")
     if lp > 0.0:
         raise InputError(f"log10_p must be <= 0, got {lp}; a p-value cannot exceed 1.")
     if lp == -math.inf:
@@ -902,9 +917,10 @@ def gumbel_test(score_sum: float, n: int) -> GumbelTestResult:
 
     Null hypothesis: the n scored values -log(1-u_i) are iid Exp(1) (the u_i are iid
     Uniform(0,1) because the text does not depend on the key), so ``score_sum`` ~ Gamma(n, 1).
-    The p-value is the exact upper tail P(Gamma(n, 1) >= score_sum).
+    The p-value is the exact upper tail P(Gamma(n, 1) >= score_sum); an infinite score sum
+    (a value u = 1) has p = 0 exactly.
     """
-    score_sum = _as_finite("score_sum", score_sum)
+    score_sum = _as_real("score_sum", score_sum)
     n = _as_count("n", n)
     if score_sum < 0.0:
         raise InputError(
@@ -970,9 +986,10 @@ def dual_key_gumbel_test(score: float, n: int, alpha: float) -> DualKeyGumbelTes
     Null hypothesis: each scored token contributes (1-alpha) E_a + alpha E_b with E_a, E_b iid
     Exp(1) (text independent of both keys), so ``score`` ~ (1-alpha) G1 + alpha G2 with G1, G2
     iid Gamma(n, 1). ``pvalue``/``log10_pvalue`` are the exact upper tail of that law;
-    ``vllm_pvalue`` is vLLM's moment-matched approximation, kept for comparison only.
+    ``vllm_pvalue`` is vLLM's moment-matched approximation, kept for comparison only. An
+    infinite score has p = 0 exactly.
     """
-    score = _as_finite("score", score)
+    score = _as_real("score", score)
     n = _as_count("n", n)
     alpha = _as_alpha(alpha)
     if score < 0.0:
@@ -1003,7 +1020,7 @@ def dual_key_gumbel_test(score: float, n: int, alpha: float) -> DualKeyGumbelTes
 
 
 def _check_combine(log10_p: Any, m: Any) -> tuple[float, int]:
-    lp = _as_real("log10_p", log10_p)
+    lp = _as_real("log10_p", log10_p, "test")
     if lp > 0.0:
         raise InputError(f"log10_p must be <= 0, got {lp}; a p-value cannot exceed 1.")
     m = _as_count("m", m, minimum=1)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mpmath as mp
@@ -648,7 +650,8 @@ def test_calibration_summary_detects_miscalibration() -> None:
         (lambda: binomial_test(1, 4, float("nan")), InputError),
         (lambda: binomial_test(True, 4, 0.25), InputError),
         (lambda: gumbel_test(float("nan"), 4), InputError),
-        (lambda: gumbel_test(float("inf"), 4), InputError),
+        (lambda: gumbel_test(-float("inf"), 4), InputError),
+        (lambda: gumbel_test(float("inf"), 0), InputError),
         (lambda: gumbel_test(-1.0, 4), InputError),
         (lambda: gumbel_test(1.0, -4), InputError),
         (lambda: gumbel_test(1.0, 0), InputError),
@@ -666,6 +669,8 @@ def test_calibration_summary_detects_miscalibration() -> None:
         (lambda: ks_uniform([]), InputError),
         (lambda: calibration_summary([0.5, 1.5]), InputError),
         (lambda: calibration_summary([0.5], alphas=(0.0,)), ConfigError),
+        (lambda: binomial_test(np.bool_(True), 4, 0.25), InputError),
+        (lambda: gumbel_test(1.0, np.bool_(True)), InputError),
     ],
 )
 def test_input_validation(call: Callable[[], object], error: type[Exception]) -> None:
@@ -676,3 +681,137 @@ def test_input_validation(call: Callable[[], object], error: type[Exception]) ->
 def test_whole_float_counts_accepted() -> None:
     assert binomial_test(30.0, 100.0, 0.25).n_green == 30
     assert gumbel_test(12.0, np.int64(10)).n_scored == 10
+
+
+def test_numpy_scalars_accepted() -> None:
+    want = binomial_test(3, 10, 0.25).log10_pvalue
+    assert binomial_test(np.int64(3), np.uint64(10), np.float64(0.25)).log10_pvalue == want
+    assert binomial_test(np.int32(3), 10, np.float32(0.25)).gamma == 0.25
+    g = gumbel_test(np.float32(12.5), np.int16(10))
+    assert g.log10_pvalue == gumbel_test(12.5, 10).log10_pvalue
+    d = dual_key_gumbel_test(np.float32(30.0), np.int64(10), np.float32(0.5))
+    assert d.log10_pvalue == dual_key_gumbel_test(30.0, 10, 0.5).log10_pvalue
+    assert gamma_sf_log10(np.float16(3.0), np.float32(2.0)) == gamma_sf_log10(3.0, 2.0)
+    assert combine_sidak_log10(np.float32(-3.0), np.int8(4)) == combine_sidak_log10(-3.0, 4)
+    assert clopper_pearson(np.int64(1), 10, np.float32(0.5)) == clopper_pearson(1, 10, 0.5)
+    assert calibration_summary([0.1, 0.5, 0.9], alphas=(np.float32(0.5),)).alphas == (0.5,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Infinite and NaN statistics, degenerate parameters, inputs that once hung
+# ---------------------------------------------------------------------------------------------
+
+
+class _TookTooLongError(Exception):
+    pass
+
+
+@contextmanager
+def returns_within(seconds: float) -> Iterator[None]:
+    """Fail (instead of hanging the suite) if the block runs longer than ``seconds``."""
+
+    def _alarm(signum: int, frame: object) -> None:
+        raise _TookTooLongError(f"did not return within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, old)
+
+
+INF = math.inf
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-9, 0.3, 0.5, 0.9, 1.0])
+def test_infinite_score_has_pvalue_zero(alpha: float) -> None:
+    # Under every null here the statistic is finite almost surely: P(S >= inf) = 0 exactly.
+    with returns_within(20.0):
+        assert dual_key_gumbel_sf_log10(INF, 3, alpha) == -INF
+        assert dual_key_gumbel_sf_log10(-INF, 3, alpha) == 0.0
+        d = dual_key_gumbel_test(INF, 3, alpha)
+        assert d.log10_pvalue == -INF and d.pvalue == 0.0 and d.vllm_pvalue == 0.0
+        assert vllm_compat_pvalue(INF, 3, alpha) == 0.0
+        assert vllm_compat_pvalue(-INF, 3, alpha) == 1.0
+        assert vllm_compat_pvalue(INF, 0, alpha) == 1.0
+        assert dual_key_gumbel_sf_log10(INF, 0, alpha) == -INF
+    g = gumbel_test(INF, 4)
+    assert g.log10_pvalue == -INF and g.pvalue == 0.0 and not g.no_evidence
+    assert json.loads(json.dumps(g.to_dict(), allow_nan=True))["log10_pvalue"] == -INF
+    assert gamma_sf_log10(INF, 2.5) == -INF and gamma_sf_log10(-INF, 2.5) == 0.0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: gamma_sf_log10(math.nan, 2.0),
+        lambda: gumbel_test(math.nan, 4),
+        lambda: dual_key_gumbel_test(math.nan, 4, 0.3),
+        lambda: dual_key_gumbel_sf_log10(math.nan, 4, 0.3),
+        lambda: vllm_compat_pvalue(math.nan, 4, 0.3),
+        lambda: vllm_compat_pvalue(math.nan, 4, 0.5),
+    ],
+)
+def test_nan_score_is_refused(call: Callable[[], object]) -> None:
+    with returns_within(20.0), pytest.raises(InputError, match="NaN; check the scores"):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: dual_key_gumbel_test(1.0, 4, math.nan), r"alpha must lie in \[0, 1\], got nan"),
+        (lambda: dual_key_gumbel_sf_log10(1.0, 4, math.nan), r"alpha must lie in \[0, 1\]"),
+        (lambda: vllm_compat_pvalue(1.0, 4, math.nan), r"alpha must lie in \[0, 1\]"),
+        (lambda: binomial_test(1, 4, math.nan), "gamma must lie strictly between 0 and 1"),
+        (lambda: clopper_pearson(1, 4, math.nan), "confidence must lie strictly between"),
+        (lambda: calibration_summary([0.5], alphas=(math.nan,)), "alpha must lie strictly"),
+        (lambda: gamma_sf_log10(1.0, math.nan), r"shape must be > 0"),
+        (lambda: gamma_sf_log10(1.0, math.inf), r"shape must be > 0"),
+    ],
+)
+def test_nan_parameter_gets_a_message_about_the_parameter(
+    call: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ConfigError if "shape" not in message else InputError, match=message) as e:
+        call()
+    assert "scores" not in str(e.value)
+
+
+def test_nan_log10_pvalue_names_the_test() -> None:
+    for call in (
+        lambda: log10_to_pvalue(math.nan),
+        lambda: combine_sidak_log10(math.nan, 3),
+        lambda: combine_bonferroni_log10(math.nan, 3),
+    ):
+        with pytest.raises(InputError, match="log10_p is NaN; check the test"):
+            call()
+
+
+def test_vllm_number_for_huge_n_needs_no_n_sized_array() -> None:
+    # vLLM's integer-shape sum would need an array of n / variance terms (64 PiB for 2**52).
+    big = 2**52
+    with returns_within(60.0):
+        p_half = vllm_compat_pvalue(float(big), big, 0.5)
+        p_zero = vllm_compat_pvalue(float(big), big, 0.0)
+        d = dual_key_gumbel_test(float(2**21), 2**21, 0.5)
+    assert p_half == pytest.approx(0.5, abs=1e-6) and p_zero == pytest.approx(0.5, abs=1e-6)
+    # alpha = 0.5: vLLM's moment match is exact, so its number equals the exact p-value.
+    assert d.vllm_pvalue == pytest.approx(d.pvalue, rel=1e-12)
+    # Below the cut-over, the sum is still vLLM's own (equal to the exact tail up to rounding).
+    small = 1 << 20
+    assert vllm_compat_pvalue(small + 900.0, small, 0.0) == pytest.approx(
+        10 ** gamma_sf_log10(small + 900.0, small), rel=1e-9
+    )
+
+
+def test_huge_counts_return() -> None:
+    big = 2**52
+    with returns_within(120.0):
+        assert binomial_test(0, big, 0.25).log10_pvalue == 0.0
+        assert gumbel_test(float(big), big).log10_pvalue == pytest.approx(-0.30103, abs=1e-4)
+        assert dual_key_gumbel_sf_log10(float(big), big, 0.5) == pytest.approx(-0.30103, abs=1e-4)
+        assert combine_sidak_log10(-1e-300, big) <= 0.0
+        assert dual_key_gumbel_sf_log10(2.0 * big, big, 0.0) < -1e14
