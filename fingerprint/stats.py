@@ -873,12 +873,15 @@ class TestResult:
 
 @dataclass(frozen=True, kw_only=True)
 class BinomialTestResult(TestResult):
-    """KGW green-list test: ``statistic`` is the number of green tokens."""
+    """KGW green-list test: ``statistic`` is the number of green tokens.
+
+    ``green_rate`` and ``zscore`` are None when nothing was scored (n = 0): they are undefined.
+    """
 
     n_green: int
     gamma: float
-    green_rate: float
-    zscore: float
+    green_rate: float | None
+    zscore: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -951,6 +954,7 @@ def binomial_test(n_green: int, n: int, gamma: float) -> BinomialTestResult:
     ``gamma``. The p-value is the exact upper tail P(Binom(n, gamma) >= n_green). The z-score
     ``(n_green - n gamma) / sqrt(n gamma (1 - gamma))`` is reported as a statistic only: its
     normal tail is not a valid p-value (it is anti-conservative for small n or small tails).
+    With n = 0 the p-value is 1 and ``green_rate`` and ``zscore`` are None (undefined).
     """
     n_green = _as_count("n_green", n_green)
     n = _as_count("n", n)
@@ -959,8 +963,10 @@ def binomial_test(n_green: int, n: int, gamma: float) -> BinomialTestResult:
         raise InputError(
             f"n_green={n_green} exceeds n={n}; count green tokens among the scored ones only."
         )
+    zscore: float | None
+    rate: float | None
     if n == 0:
-        log10_p, zscore, rate = 0.0, 0.0, 0.0
+        log10_p, zscore, rate = 0.0, None, None
     else:
         log10_p = 0.0 if n_green == 0 else _log_binom_sf(n_green, n, gamma) / _LN10
         zscore = (n_green - n * gamma) / math.sqrt(n * gamma * (1.0 - gamma))

@@ -815,3 +815,14 @@ def test_huge_counts_return() -> None:
         assert dual_key_gumbel_sf_log10(float(big), big, 0.5) == pytest.approx(-0.30103, abs=1e-4)
         assert combine_sidak_log10(-1e-300, big) <= 0.0
         assert dual_key_gumbel_sf_log10(2.0 * big, big, 0.0) < -1e14
+
+
+def test_binomial_with_nothing_scored_leaves_rate_and_zscore_undefined() -> None:
+    r = binomial_test(0, 0, 0.25)
+    assert r.no_evidence and r.log10_pvalue == 0.0 and r.pvalue == 1.0
+    assert r.green_rate is None and r.zscore is None
+    payload = r.to_dict()
+    assert payload["green_rate"] is None and payload["zscore"] is None
+    assert json.loads(json.dumps(payload)) == payload
+    one = binomial_test(0, 1, 0.25)
+    assert one.green_rate == 0.0 and one.zscore == pytest.approx(-math.sqrt(1 / 3))
