@@ -1142,10 +1142,14 @@ def calibration_summary(
     For each alpha: the empirical false-positive rate (fraction of p <= alpha), its 99%
     Clopper-Pearson interval and whether alpha lies inside it; plus a KS test against
     Uniform(0, 1). ``calibrated`` is True when every alpha is inside its interval and the KS
-    p-value is >= 0.01.
+    p-value is >= 0.01. Null hypothesis of both checks: the p-values are iid Uniform(0, 1).
+    ``alphas`` must name at least one level: the KS test alone is too weak in the small tail
+    that detection thresholds use.
     """
     arr = _as_pvalues(pvalues)
     alist = tuple(_as_open_prob("alpha", a, ConfigError) for a in alphas)
+    if not alist:
+        raise ConfigError("alphas is empty; pass at least one level, e.g. alphas=(0.01, 0.05).")
     n = int(arr.size)
     fprs, cis, inside = [], [], []
     for a in alist:

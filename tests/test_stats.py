@@ -669,6 +669,7 @@ def test_calibration_summary_detects_miscalibration() -> None:
         (lambda: ks_uniform([]), InputError),
         (lambda: calibration_summary([0.5, 1.5]), InputError),
         (lambda: calibration_summary([0.5], alphas=(0.0,)), ConfigError),
+        (lambda: calibration_summary([0.1, 0.5, 0.9], alphas=()), ConfigError),
         (lambda: binomial_test(np.bool_(True), 4, 0.25), InputError),
         (lambda: gumbel_test(1.0, np.bool_(True)), InputError),
     ],
@@ -826,3 +827,11 @@ def test_binomial_with_nothing_scored_leaves_rate_and_zscore_undefined() -> None
     assert json.loads(json.dumps(payload)) == payload
     one = binomial_test(0, 1, 0.25)
     assert one.green_rate == 0.0 and one.zscore == pytest.approx(-math.sqrt(1 / 3))
+
+
+def test_calibration_summary_needs_an_alpha() -> None:
+    # Without any alpha, "calibrated" would rest on the KS test alone, which cannot see the
+    # small tail that detection thresholds use.
+    with pytest.raises(ConfigError, match="alphas is empty"):
+        calibration_summary(np.linspace(0.01, 0.99, 99), alphas=())
+    assert calibration_summary(np.linspace(0.01, 0.99, 99), alphas=[0.05]).alphas == (0.05,)
