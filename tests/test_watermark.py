@@ -15,7 +15,7 @@ from scipy import stats as sps
 from transformers import GenerationConfig, LogitsProcessorList
 
 from fingerprint.cli import main
-from fingerprint.core import get_prf
+from fingerprint.core import check_gamma, get_prf, prf_class
 from fingerprint.errors import ConfigError, InputError
 from fingerprint.keys import WatermarkKey
 from fingerprint.stats import binomial_test, gumbel_test
@@ -315,6 +315,36 @@ def test_bad_parameters_are_refused() -> None:
         generate(None, None, "one string", key=KEY)
     with pytest.raises(ConfigError, match="top_p"):
         generate(None, None, ["x"], key=KEY, top_p=1.5)
+
+
+@pytest.mark.parametrize(("prf", "gamma", "message"), [
+    ("siphash24-v1", 1e-20, r"gamma 1e-20 is below the resolution 2\*\*-53 .*no token"),
+    ("philox4x32-10-v1", 1e-8, r"gamma 1e-08 is below the resolution 2\*\*-24 .*no token"),
+    ("philox4x32-10-v1", 1 - 1e-9, r"gamma 0.999999999 is above .*every token would be green"),
+])
+def test_gamma_beyond_the_prf_resolution_is_refused(prf, gamma, message) -> None:
+    # u takes 2**-53 (SipHash) or 2**-24 (Philox) spaced values: such a gamma makes the exact
+    # green probability 0 or 1, so nothing (everything) would be marked and nothing tested.
+    with pytest.raises(ConfigError, match=message):
+        KGWWatermarkingConfig(KEY, gamma=gamma, prf=prf)
+    with pytest.raises(ConfigError, match=message):
+        KGWLogitsProcessor(KEY, gamma=gamma, prf=prf)
+    with pytest.raises(ConfigError, match=message):
+        check_gamma(gamma, prf)
+    cls = prf_class(prf)
+    second, top = cls.level_uniform(np.array([1, cls.levels - 1], dtype=np.uint64)).tolist()
+    for ok in (second, min(top, math.nextafter(1.0, 0.0)), 2.0**-24):
+        assert check_gamma(ok, get_prf(prf, KEY, "kgw")) == ok
+        assert 0.0 < cls.green_probability(ok) < 1.0
+
+
+def test_kgw_accepts_numpy_scalars() -> None:
+    wm = KGWWatermarkingConfig(KEY, gamma=np.float32(0.25), delta=np.float64(2.0))
+    assert wm.to_dict()["gamma"] == 0.25 and type(wm.to_dict()["gamma"]) is float
+    assert check_gamma(np.float16(0.5)) == 0.5
+    for bad in (np.bool_(True), True, "0.25", None):
+        with pytest.raises(ConfigError, match="gamma must be a number"):
+            check_gamma(bad)
 
 
 def test_public_configs_never_hold_the_key() -> None:

@@ -32,6 +32,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from numbers import Real
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -387,6 +388,37 @@ def prf_class(name: str) -> type[PRF]:
     except KeyError:
         known = ", ".join(sorted(available_prfs()))
         raise ConfigError(f"unknown PRF {name!r}; available: {known}") from None
+
+
+def check_gamma(gamma: Any, prf: str | type[PRF] | PRF = DEFAULT_PRF) -> float:
+    """``gamma`` as a float, refused unless some but not all outputs of ``prf`` fall below it.
+
+    KGW marks a token green when its value u is below gamma. u takes ``levels`` discrete values,
+    so a gamma at or below the smallest one (or above the largest) makes no token (every token)
+    green: the exact green probability :meth:`PRF.green_probability` is then 0 (1) and no test
+    is possible. Python and numpy real scalars are accepted (bools are not). ``prf`` is a PRF
+    name, class or instance. Raises ConfigError naming the gamma and the PRF's resolution.
+    """
+    if isinstance(gamma, bool) or not isinstance(gamma, Real):
+        raise ConfigError(f"gamma must be a number, got {gamma!r}")
+    g = float(gamma)
+    if not 0.0 < g < 1.0:
+        raise ConfigError(f"gamma must lie strictly between 0 and 1, got {gamma!r}")
+    cls = prf if isinstance(prf, type) else type(prf) if isinstance(prf, PRF) else prf_class(prf)
+    count = cls.green_levels(g)
+    if 0 < count < cls.levels:
+        return g
+    bits = cls.levels.bit_length() - 1
+    res = f"2**-{bits}" if cls.levels == 1 << bits else f"1/{cls.levels}"
+    if count == 0:
+        lo, nxt = (float(v) for v in cls.level_uniform(np.array([0, 1], dtype=np.uint64)))
+        raise ConfigError(
+            f"gamma {g!r} is below the resolution {res} of PRF {cls.name} (its smallest value "
+            f"is {lo!r}): no token would be green; pass a gamma of at least {nxt!r}")
+    hi = float(cls.level_uniform(np.array([cls.levels - 1], dtype=np.uint64))[0])
+    raise ConfigError(
+        f"gamma {g!r} is above the largest value {hi!r} of PRF {cls.name} (resolution {res}): "
+        f"every token would be green; pass a gamma of at most {hi!r}")
 
 
 def get_prf(name: str, key: WatermarkKey | int | str, scheme: str = "default") -> PRF:

@@ -20,12 +20,13 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from transformers.generation.configuration_utils import BaseWatermarkingConfig
 
-from fingerprint.core import DEFAULT_PRF, prf_class
+from fingerprint.core import DEFAULT_PRF, check_gamma, prf_class
 from fingerprint.core.contexts import MAX_TOKEN_ID, PAD, check_context_width
 from fingerprint.core.prf import check_id_range, routes_to_triton
 from fingerprint.errors import ConfigError, InputError
@@ -66,7 +67,8 @@ def _check_bool(name: str, value: object) -> bool:
 
 
 def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    """A Python or numpy real scalar (not a bool, not NaN) as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value):
         raise ConfigError(f"{name} must be a number, got {value!r}")
     return float(value)
 
@@ -74,7 +76,8 @@ def _check_number(name: str, value: object) -> float:
 @dataclass(frozen=True)
 class KGWConfig:
     """KGW green lists: token ``v`` is green when ``u(key, window, v) < gamma``; green logits
-    get ``+delta``."""
+    get ``+delta``. ``gamma`` must leave some but not all of the PRF's values below it
+    (:func:`fingerprint.core.check_gamma`): otherwise nothing (everything) would be marked."""
 
     gamma: float = 0.25
     delta: float = 2.0
@@ -84,9 +87,8 @@ class KGWConfig:
     scheme: ClassVar[str] = "kgw"
 
     def __post_init__(self) -> None:
-        gamma = _check_number("gamma", self.gamma)
-        if not 0.0 < gamma < 1.0:
-            raise ConfigError(f"gamma must lie strictly between 0 and 1, got {self.gamma!r}")
+        prf = _check_prf(self.prf)
+        gamma = check_gamma(self.gamma, prf)
         delta = _check_number("delta", self.delta)
         if not (0.0 <= delta < math.inf):
             raise ConfigError(f"delta must be a finite number >= 0, got {self.delta!r}")
@@ -94,7 +96,7 @@ class KGWConfig:
         object.__setattr__(self, "delta", delta)
         object.__setattr__(self, "context_width",
                            check_generation_context_width(self.context_width))
-        object.__setattr__(self, "prf", _check_prf(self.prf))
+        object.__setattr__(self, "prf", prf)
         _check_bool("prompt_context", self.prompt_context)
 
     def public(self, key_id: str) -> dict[str, Any]:
