@@ -147,6 +147,16 @@ def _as_real(name: str, value: Any, source: str = "scores") -> float:
     return f
 
 
+def _as_observed_score(name: str, value: Any) -> float:
+    """An observed Gumbel score as a finite float: every scored value -log(1-u) is finite for
+    u in (0, 1), so an infinite (or NaN) sum means corrupted scores, never evidence."""
+    f = _as_real(name, value)
+    if math.isinf(f):
+        raise InputError(f"{name} is {f}: a sum of -log(1-u) with every u in (0, 1) is finite; "
+                         "check the scores that produced it.")
+    return f
+
+
 def _as_open_prob(name: str, value: Any, error: type[InputError] = InputError) -> float:
     """A parameter in (0, 1) as a float (NaN is refused as out of range)."""
     f = _as_float(name, value, error)
@@ -920,10 +930,11 @@ def gumbel_test(score_sum: float, n: int) -> GumbelTestResult:
 
     Null hypothesis: the n scored values -log(1-u_i) are iid Exp(1) (the u_i are iid
     Uniform(0,1) because the text does not depend on the key), so ``score_sum`` ~ Gamma(n, 1).
-    The p-value is the exact upper tail P(Gamma(n, 1) >= score_sum); an infinite score sum
-    (a value u = 1) has p = 0 exactly.
+    The p-value is the exact upper tail P(Gamma(n, 1) >= score_sum). An infinite score sum is
+    refused: it needs a value u = 1, which no PRF here produces, so it can only come from
+    corrupted scores, and its p-value of 0 would be evidence made of an error.
     """
-    score_sum = _as_real("score_sum", score_sum)
+    score_sum = _as_observed_score("score_sum", score_sum)
     n = _as_count("n", n)
     if score_sum < 0.0:
         raise InputError(
@@ -993,9 +1004,9 @@ def dual_key_gumbel_test(score: float, n: int, alpha: float) -> DualKeyGumbelTes
     Exp(1) (text independent of both keys), so ``score`` ~ (1-alpha) G1 + alpha G2 with G1, G2
     iid Gamma(n, 1). ``pvalue``/``log10_pvalue`` are the exact upper tail of that law;
     ``vllm_pvalue`` is vLLM's moment-matched approximation, kept for comparison only. An
-    infinite score has p = 0 exactly.
+    infinite score is refused, as by :func:`gumbel_test`.
     """
-    score = _as_real("score", score)
+    score = _as_observed_score("score", score)
     n = _as_count("n", n)
     alpha = _as_alpha(alpha)
     if score < 0.0:

@@ -727,20 +727,20 @@ INF = math.inf
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1e-9, 0.3, 0.5, 0.9, 1.0])
-def test_infinite_score_has_pvalue_zero(alpha: float) -> None:
-    # Under every null here the statistic is finite almost surely: P(S >= inf) = 0 exactly.
+def test_infinite_score_tails_return_at_once_and_tests_refuse_it(alpha: float) -> None:
+    # The tails are exact: P(S >= inf) = 0. An observed infinite score, though, needs u = 1,
+    # which no PRF produces: the tests refuse it rather than report p = 0 from an error.
     with returns_within(20.0):
         assert dual_key_gumbel_sf_log10(INF, 3, alpha) == -INF
         assert dual_key_gumbel_sf_log10(-INF, 3, alpha) == 0.0
-        d = dual_key_gumbel_test(INF, 3, alpha)
-        assert d.log10_pvalue == -INF and d.pvalue == 0.0 and d.vllm_pvalue == 0.0
+        with pytest.raises(InputError, match="is inf"):
+            dual_key_gumbel_test(INF, 3, alpha)
         assert vllm_compat_pvalue(INF, 3, alpha) == 0.0
         assert vllm_compat_pvalue(-INF, 3, alpha) == 1.0
         assert vllm_compat_pvalue(INF, 0, alpha) == 1.0
         assert dual_key_gumbel_sf_log10(INF, 0, alpha) == -INF
-    g = gumbel_test(INF, 4)
-    assert g.log10_pvalue == -INF and g.pvalue == 0.0 and not g.no_evidence
-    assert json.loads(json.dumps(g.to_dict(), allow_nan=True))["log10_pvalue"] == -INF
+    with pytest.raises(InputError, match="is inf"):
+        gumbel_test(INF, 4)
     assert gamma_sf_log10(INF, 2.5) == -INF and gamma_sf_log10(-INF, 2.5) == 0.0
 
 
