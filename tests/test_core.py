@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from fingerprint import stats as fstats
 from fingerprint.core import PAD, available_prfs, get_prf, prf_class, windows
+from fingerprint.core import gumbel_max as gm
 from fingerprint.core.philox import philox_words
-from fingerprint.core.siphash import siphash24
+from fingerprint.core.siphash import (
+    SipHashPRF,
+    _to_uniform,
+    level_to_uniform,
+    siphash24,
+    torch_word_uniform,
+)
+from fingerprint.detect.detector import DetectorConfig, combine_scores
 from fingerprint.errors import (
     BackendError,
     ConfigError,
@@ -24,6 +35,7 @@ from fingerprint.errors import (
     WatermarkKeyError,
 )
 from fingerprint.keys import KeyPurpose, WatermarkKey
+from fingerprint.watermark.gumbel import gumbel_argmax
 
 from .conftest import has_cuda
 
@@ -63,7 +75,7 @@ def test_siphash_spec_vectors_in_docs() -> None:
         for backend in ("numba", "torch"):
             u = prf.pairs(ctx, tok, backend=backend)
             assert repr(float(u[0])) == case["uniform"]
-        assert float(u[0]) == ((word >> 11) + 0.5) / 2**53
+        assert float(u[0]) == min(((word >> 11) + 0.5) / 2**53, 1 - 2**-53)
 
 
 def test_philox_spec_vectors_in_docs() -> None:
@@ -100,6 +112,82 @@ def test_vllm_philox_prf_cases(vllm_vectors) -> None:
         # a vocabulary row holds the same values at the candidates' columns
         row = prf.row(ctx[:1], max(case["tokens"]) + 1)
         assert np.array_equal(row[0, tok], expected)
+
+
+# -- SipHash's word-to-uniform mapping  ----------
+SIP_TOP = 2**53 - 1  # the top level, whose (k + 0.5) rounds to 2**53 in float64
+
+
+def sip_levels() -> np.ndarray:
+    """SipHash levels at the edges (0, around 2**52, the top) and random ones."""
+    rng = np.random.default_rng(53)
+    edges = [0, 1, 2, 3, 2**51, 2**52 - 2, 2**52 - 1, 2**52, 2**52 + 1, 2**52 + 2, 2**52 + 3,
+             2**53 - 5, 2**53 - 4, 2**53 - 3, 2**53 - 2, SIP_TOP]
+    return np.concatenate([np.array(edges, dtype=np.uint64),
+                           rng.integers(0, 2**52, 500, dtype=np.uint64),
+                           rng.integers(2**52, 2**53, 500, dtype=np.uint64)])
+
+
+def sip_words() -> np.ndarray:
+    """64-bit words of every level of :func:`sip_levels`, each with its 11 low bits (which the
+    mapping drops) all zero, all one and random."""
+    levels = sip_levels()
+    low = np.random.default_rng(11).integers(0, 2**11, levels.size, dtype=np.uint64)
+    return np.concatenate([levels << np.uint64(11), (levels << np.uint64(11)) | np.uint64(0x7FF),
+                           (levels << np.uint64(11)) | low])
+
+
+def old_sip_uniform(levels: np.ndarray) -> np.ndarray:
+    """``((k + 0.5) * 2**-53)`` in float64, without the top level's bound."""
+    return (levels.astype(np.float64) + 0.5) * 2.0**-53
+
+
+@nb.njit
+def _numba_word_uniforms(words: np.ndarray) -> np.ndarray:
+    out = np.empty(words.shape[0])
+    for i in range(words.shape[0]):
+        out[i] = _to_uniform(words[i])  # inlined, as in the kernels
+    return out
+
+
+def test_siphash_uniform_lies_strictly_inside_zero_one_on_every_backend() -> None:
+    words = sip_words()
+    levels = words >> np.uint64(11)
+    want = level_to_uniform(levels)
+    assert np.all((want > 0.0) & (want < 1.0))
+    top = levels == SIP_TOP
+    assert top.sum() == 3 and np.all(want[top] == 1.0 - 2.0**-53)
+    # every other level keeps its value bit for bit
+    assert np.array_equal(want[~top].view(np.uint64), old_sip_uniform(levels[~top]).view(np.uint64))
+    for got in (SipHashPRF.level_uniform(levels), _numba_word_uniforms(words),
+                torch_word_uniform(torch.from_numpy(words.view(np.int64))).numpy()):
+        assert got.dtype == np.float64 and np.array_equal(got.view(np.uint64),
+                                                          want.view(np.uint64))
+    # the spec's formula in Python floats
+    for k in sip_levels()[:16].tolist():
+        assert level_to_uniform(np.array([k]))[0] == min((k + 0.5) / 2**53, 1 - 2**-53)
+
+
+def test_siphash_levels_from_two_to_the_52_share_values_in_pairs() -> None:
+    k = np.array([2**52 - 1, 2**52, 2**52 + 1, 2**52 + 2, 2**52 + 3, 2**52 + 4,
+                  2**53 - 3, 2**53 - 2, SIP_TOP], dtype=np.uint64)
+    u = level_to_uniform(k) * 2.0**53
+    assert u.tolist() == [2**52 - 0.5, 2**52, 2**52 + 2, 2**52 + 2, 2**52 + 4, 2**52 + 4,
+                          2**53 - 2, 2**53 - 2, 2**53 - 1]
+    assert np.all(np.diff(level_to_uniform(np.sort(sip_levels()))) >= 0)  # still monotone
+
+
+def test_siphash_top_level_has_a_finite_gumbel_score_and_noise() -> None:
+    u = SipHashPRF.level_uniform(np.array([SIP_TOP, 0, 2**52], dtype=np.uint64))
+    score = combine_scores(DetectorConfig(scheme="gumbel"), [u])
+    assert np.all(np.isfinite(score)) and score[0] == pytest.approx(53 * math.log(2), rel=1e-12)
+    assert fstats.gumbel_test(float(score.sum()), 3).pvalue > 0
+    assert math.isfinite(gm.value(0.0, u[0]))  # the Gumbel noise, at most about 37 nats
+    assert u[0] < gm.THRESHOLDS[-1]
+    # a filtered token (-inf logit) drawing the top level stays out of the choice
+    logits = torch.tensor([[0.0, -math.inf, 0.0]], dtype=torch.float64)
+    uniforms = torch.tensor([[0.5, u[0], 0.75]], dtype=torch.float64)
+    assert gumbel_argmax(logits, uniforms).tolist() == [2]
 
 
 # -- backends agree bit for bit  ----------

@@ -7,7 +7,8 @@ Definition (``docs/prf.md`` has the full spec and test vectors). For a window
   so ``4 (h + 1)`` bytes; the width ``h`` is bound through SipHash's length byte;
 * ``x = SipHash-2-4(k, message)`` (Aumasson and Bernstein, 2012), a 64-bit word, with
   ``k = HKDF-SHA256(master, info = "siphash24-v1" + scheme)`` (16 bytes, little-endian k0, k1);
-* uniform ``u = ((x >> 11) + 0.5) / 2**53``, a float64 strictly inside (0, 1).
+* uniform ``u = min(((x >> 11) + 0.5) * 2**-53, 1 - 2**-53)`` in float64 (:func:`level_to_uniform`),
+  strictly inside (0, 1).
 
 SipHash-2-4 is a pseudo-random function under a secret 128-bit key, which is what a watermark
 needs: without the key, the green lists and Gumbel draws are indistinguishable from random.
@@ -31,6 +32,7 @@ _C1 = U64(0x646F72616E646F6D)
 _C2 = U64(0x6C7967656E657261)
 _C3 = U64(0x7465646279746573)
 _SCALE = 1.0 / 9007199254740992.0  # 2**-53
+_TOP = 1.0 - _SCALE  # 1 - 2**-53, the largest float64 below 1: the top level's uniform
 SEGMENT = 1 << 15  # positions per parallel work item
 
 
@@ -75,7 +77,8 @@ def _finalize(v0: Any, v1: Any, v2: Any, v3: Any) -> Any:
 
 @nb.njit(inline="always")
 def _to_uniform(x: Any) -> float:
-    return (np.float64(x >> U64(11)) + 0.5) * _SCALE
+    """The uniform of the 64-bit word ``x``, as :func:`level_to_uniform` maps level ``x >> 11``."""
+    return min((np.float64(x >> U64(11)) + 0.5) * _SCALE, _TOP)
 
 
 @nb.njit(inline="always")
@@ -239,8 +242,26 @@ def torch_uniform(windows: Any, tokens: Any, words: tuple[int, ...]) -> Any:
     v[2] = v[2] ^ 0xFF
     for _ in range(4):
         _t_round(v)
-    x = v[0] ^ v[1] ^ v[2] ^ v[3]
-    return (((x >> 11) & ((1 << 53) - 1)).double() + 0.5) * _SCALE
+    return torch_word_uniform(v[0] ^ v[1] ^ v[2] ^ v[3])
+
+
+def torch_word_uniform(x: Any) -> Any:
+    """The float64 uniforms of the 64-bit words ``x`` (a torch int64 tensor holding the bits), as
+    :func:`level_to_uniform` maps their levels ``x >> 11``."""
+    return ((((x >> 11) & ((1 << 53) - 1)).double() + 0.5) * _SCALE).clamp_(max=_TOP)
+
+
+def level_to_uniform(level: np.ndarray) -> np.ndarray:
+    """The float64 uniform of each level ``k`` in ``[0, 2**53)``: ``min((k + 0.5) * 2**-53,
+    1 - 2**-53)``, every operation in float64.
+
+    Below ``2**52`` this is ``(k + 0.5) / 2**53`` exactly. From ``2**52`` on, ``k + 0.5`` is a tie
+    that rounds to the even one of ``k`` and ``k + 1``, so levels ``2m - 1`` and ``2m`` share the
+    value ``2m / 2**53`` (level ``2**52`` alone gives 0.5). The top level ``2**53 - 1`` would round
+    to 1; the ``min`` makes it ``1 - 2**-53``, a value no other level takes.
+    """
+    return np.minimum((np.asarray(level, dtype=np.uint64).astype(np.float64) + 0.5) * _SCALE,
+                      _TOP)
 
 
 @register_prf
@@ -267,7 +288,7 @@ class SipHashPRF(PRF):
 
     @classmethod
     def level_uniform(cls, level: np.ndarray) -> np.ndarray:
-        return (np.asarray(level, dtype=np.uint64).astype(np.float64) + 0.5) * _SCALE
+        return level_to_uniform(level)
 
 
 def siphash24(key16: bytes, message: bytes) -> int:
@@ -307,4 +328,4 @@ def siphash24(key16: bytes, message: bytes) -> int:
     return v[0] ^ v[1] ^ v[2] ^ v[3]
 
 
-__all__ = ["SipHashPRF", "siphash24"]
+__all__ = ["SipHashPRF", "level_to_uniform", "siphash24"]

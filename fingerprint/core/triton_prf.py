@@ -42,6 +42,7 @@ _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 _ROW_SHAPES = {(0, 0): (1024, 4), (0, 1): (2048, 4), (0, 2): (1024, 4),
                (1, 0): (1024, 4), (1, 1): (256, 2), (1, 2): (1024, 8)}
 _SCORE_BLOCK = 1024  # positions per program
+_SIP_TOP = tl.constexpr(1.0 - 2.0**-53)  # the largest float64 below 1: SipHash's top level
 
 
 # -- SipHash-2-4 (uint64) ----------------------------------------------------------------------
@@ -93,8 +94,11 @@ def _sip_init(key_ptr):
 
 @triton.jit
 def _sip_uniform(x):
+    """``min(((x >> 11) + 0.5) * 2**-53, 1 - 2**-53)`` in float64
+    (:func:`fingerprint.core.siphash.level_to_uniform`)."""
     half = tl.full([], 0.5, tl.float64)
-    return ((x >> 11).to(tl.float64) + half) * tl.full([], 2.0**-53, tl.float64)
+    u = ((x >> 11).to(tl.float64) + half) * tl.full([], 2.0**-53, tl.float64)
+    return tl.minimum(u, tl.full([], _SIP_TOP, tl.float64))
 
 
 # -- Philox4x32-10 (uint32) --------------------------------------------------------------------
