@@ -26,12 +26,14 @@ import triton.language as tl  # noqa: E402
 
 from fingerprint.core import get_prf  # noqa: E402
 from fingerprint.core import prf as prf_module  # noqa: E402
-from fingerprint.core.triton_prf import _philox_uniform  # noqa: E402
+from fingerprint.core.siphash import level_to_uniform  # noqa: E402
+from fingerprint.core.triton_prf import _philox_uniform, _sip_uniform  # noqa: E402
 from fingerprint.errors import BackendError, ShapeError, TokenIdError  # noqa: E402
 from fingerprint.keys import WatermarkKey  # noqa: E402
 from fingerprint.watermark import GumbelLogitsProcessor, KGWLogitsProcessor  # noqa: E402
 from fingerprint.watermark.gumbel import gumbel_argmax  # noqa: E402
 
+from .test_core import SIP_TOP, old_sip_uniform, sip_words  # noqa: E402
 from .test_cuda import check_choice, gumbel_reference  # noqa: E402
 
 KEY = WatermarkKey(bytes(range(32)))
@@ -190,6 +192,30 @@ def test_philox_uniform_needs_no_float64() -> None:
     levels = np.arange(1 << 24, dtype=np.uint64)
     want = type(get_prf("philox4x32-10-v1", INT_KEY, "gumbel")).level_uniform(levels)
     assert np.array_equal(out.cpu().numpy().view(np.uint32), want.view(np.uint32))
+
+
+@triton.jit
+def _sip_uniform_kernel(word_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    lane = i < n
+    word = tl.load(word_ptr + i, mask=lane, other=0).to(tl.uint64, bitcast=True)
+    tl.store(out_ptr + i, _sip_uniform(word), mask=lane)
+
+
+def test_siphash_uniform_of_crafted_words() -> None:
+    """The kernels' SipHash uniform equals the spec's mapping bit for bit, the top level
+    included (1 - 2**-53, not 1), and every other level keeps its value."""
+    words = sip_words()
+    out = torch.empty(words.size, dtype=torch.float64, device=DEVICE)
+    _sip_uniform_kernel[(triton.cdiv(words.size, 1024),)](t(words.view(np.int64)), out,
+                                                         words.size, BLOCK=1024)
+    got = out.cpu().numpy()
+    levels = words >> np.uint64(11)
+    top = levels == SIP_TOP
+    assert np.all((got > 0.0) & (got < 1.0)) and np.all(got[top] == 1.0 - 2.0**-53)
+    assert np.array_equal(got.view(np.uint64), level_to_uniform(levels).view(np.uint64))
+    assert np.array_equal(got[~top].view(np.uint64),
+                          old_sip_uniform(levels[~top]).view(np.uint64))
 
 
 def _steps_on_both_paths(make, ids: np.ndarray, lengths: range, vocab: int, monkeypatch):  # type: ignore[no-untyped-def]
