@@ -68,7 +68,7 @@ class PRF(ABC):
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     uniform_dtype: ClassVar[type[np.floating]]
-    levels: ClassVar[int]  # the number of distinct uniform values the PRF can output
+    levels: ClassVar[int]  # the number of equally likely output levels (uniform: monotone in it)
 
     def __init__(self, key: WatermarkKey | int | str, scheme: str = "default") -> None:
         key = as_key(key)
