@@ -52,7 +52,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         key, scheme = WatermarkKey.load(args.key), args.scheme
     make_watermark(scheme, key, gamma=args.gamma, delta=args.delta,  # check before loading
                    context_width=args.context_width, prf=args.prf)
-    check_output(args.out)
+    check_output(args.out, make_folders=True)  # generate makes the folders it needs
     device = args.device
     if device == "auto":
         import torch

@@ -28,15 +28,19 @@ def holds_secret(path: Path) -> bool:
 
 
 def check_output(path: str | os.PathLike[str] | None, option: str = "--out", *,
-                 secret_ok: bool = False) -> Path | None:
+                 secret_ok: bool = False, make_folders: bool = False) -> Path | None:
     """``path`` as a :class:`Path` once it is known to be writable as a file: not a folder, in
-    a folder that exists, and (unless ``secret_ok``) not a key file it would replace."""
+    a folder that exists (or, with ``make_folders``, that can be made), and (unless
+    ``secret_ok``) not a key file it would replace."""
     if path is None:
         return None
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{option} {p} is a folder; give a file path")
     folder = p.parent
+    if make_folders:  # the nearest existing folder must let the missing ones be made
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
     if not folder.is_dir():
         raise ConfigError(f"{option} {p}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

@@ -256,6 +256,16 @@ def test_prompt_gap_windows_equal_unprompted_windows(prompts, comps, h) -> None:
             assert mask[r].sum() == len(p) + len(c)
 
 
+def test_config_refuses_a_gamma_no_value_falls_below_and_takes_numpy_scalars() -> None:
+    cfg = DetectorConfig(gamma=np.float32(0.25), alpha=np.float64(0.2))
+    assert cfg.gamma == 0.25 and type(cfg.gamma) is float and type(cfg.alpha) is float
+    with pytest.raises(ConfigError, match="gamma 1e-20 is below the resolution"):
+        Detector(KEY, gamma=1e-20)  # refused when built, not when a corpus is half read
+    with pytest.raises(ConfigError, match="every token would be green"):
+        DetectorConfig(gamma=1 - 1e-9, prf="philox")
+    assert DetectorConfig(scheme="gumbel", gamma=1e-20).scheme == "gumbel"  # unused there
+
+
 def test_row_first_occurrences_and_membership_match_a_naive_scan() -> None:
     rng = np.random.default_rng(5)
     hi = rng.integers(0, 3, (6, 40)).astype(np.uint64)

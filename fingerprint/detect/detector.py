@@ -17,12 +17,13 @@ import operator
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from typing import Any, Literal
 
 import numpy as np
 
 from fingerprint import stats
-from fingerprint.core import DEFAULT_PRF, get_prf, prf_class
+from fingerprint.core import DEFAULT_PRF, check_gamma, get_prf, prf_class
 from fingerprint.core.contexts import check_context_width
 from fingerprint.detect.tuples import DedupPolicy, TupleSet, check_dedup, select_positions
 from fingerprint.errors import ConfigError, InputError
@@ -73,9 +74,12 @@ class DetectorConfig:
         check_context_width(self.context_width)
         for name in ("gamma", "alpha"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+            if isinstance(v, bool) or not isinstance(v, Real) or math.isnan(v):
                 raise ConfigError(f"{name} must be a number, got {v!r}")
-        if not 0.0 < self.gamma < 1.0:
+            object.__setattr__(self, name, float(v))  # numpy scalars too
+        if self.scheme == "kgw":  # some, not all, of the PRF's values must be green
+            check_gamma(self.gamma, self.prf)
+        elif not 0.0 < self.gamma < 1.0:
             raise ConfigError(f"gamma must lie strictly between 0 and 1, got {self.gamma}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}")
