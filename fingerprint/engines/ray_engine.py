@@ -537,7 +537,8 @@ def _start() -> Any:
     except ImportError as err:
         raise BackendError("the Ray engine needs Ray: pip install 'fingerprint[ray]'") from err
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # a cluster of this engine's own: its start-up INFO lines are not the user's business
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     return ray
 
 
