@@ -516,16 +516,20 @@ def _log_dual_sf(s: float, n: int, alpha: float) -> float:
     # S >= c_max G, so P(S < s) <= P(c_max G < s); when that bound underflows, log p = -0.0.
     if _log_gamma_tails(s / c_max, float(n))[0] < -745.0:
         return -0.0
-    try:
-        log_upper = _log_dual_series(s, n, c_min, c_max, diff, upper=True)
-        if log_upper > -_LN2:
-            # p > 1/2: the lower tail is the small one; complement it for full precision.
-            log_upper = _log1mexp(_log_dual_series(s, n, c_min, c_max, diff, upper=False))
-    except _BudgetExceededError:
-        log_upper = _log_dual_quad(s, n, c_min, c_max, upper=True)
-        if log_upper > -_LN2:
-            log_upper = _log1mexp(_log_dual_quad(s, n, c_min, c_max, upper=False))
-    return log_upper
+
+    def tail(upper: bool) -> float:
+        try:
+            return _log_dual_series(s, n, c_min, c_max, diff, upper=upper)
+        except _BudgetExceededError:
+            return _log_dual_quad(s, n, c_min, c_max, upper=upper)
+
+    # The smaller tail is computed directly, the larger one as its complement (full precision
+    # both ways). E[S] = n tells which is likely the smaller, so the other is rarely computed.
+    if s >= n:
+        log_upper = tail(True)
+        return _log1mexp(tail(False)) if log_upper > -_LN2 else log_upper
+    log_lower = tail(False)
+    return _log1mexp(log_lower) if log_lower <= -_LN2 else tail(True)
 
 
 def _log_dual_series(

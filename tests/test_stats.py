@@ -388,6 +388,11 @@ DUAL_POINTS = [
     (1500.0, 100, 1.0),  # ~1e-493
     (120.0, 150, 0.3),  # p close to 1
     (25.0, 10, 1e-9),  # extreme alpha: quadrature path
+    # below the mean n, where the lower tail is computed first
+    (60.0, 100, 0.1),  # p = 1 - ~1e-5
+    (95.0, 100, 0.2),
+    (99.9, 100, 0.3),  # between the median and the mean: the lower tail is > 1/2 there
+    (20.0, 40, 1e-9),  # quadrature path, p close to 1
 ]
 
 
