@@ -245,18 +245,30 @@ def record_ids(rec: Record, tokenizer: Any, normalize: NormalizeConfig | None,
             why = id_list_problem(rec.ids) or "is not a list of ids"
         if why:
             return Skipped(rec.source, rec.row, f"token ids {why}")
-    else:
-        if tokenizer is None:
-            raise InputError(f"{rec.source} row {rec.row} is text: give a tokenizer")
-        try:
-            ids = encode_text(rec.text or "", tokenizer, normalize=normalize).ids
-        except InputError as err:
-            return Skipped(rec.source, rec.row, str(err))
+        return usable_ids(ids, rec.source, rec.row, True, vocab_size)
+    return text_ids(rec.text or "", tokenizer, normalize, rec.source, rec.row, vocab_size)
+
+
+def text_ids(text: str, tokenizer: Any, normalize: NormalizeConfig | None, source: str,
+             row: int, vocab_size: int | None) -> np.ndarray | Skipped:
+    """A text row's token ids, as :func:`usable_ids` passes them, or why it is skipped."""
+    if tokenizer is None:
+        raise InputError(f"{source} row {row} is text: give a tokenizer")
+    try:
+        ids = encode_text(text, tokenizer, normalize=normalize).ids
+    except InputError as err:
+        return Skipped(source, row, str(err))
+    return usable_ids(ids, source, row, False, vocab_size)
+
+
+def usable_ids(ids: np.ndarray, source: str, row: int, from_ids: bool,
+               vocab_size: int | None) -> np.ndarray | Skipped:
+    """A row's int64 ids (read, or tokenized when not ``from_ids``), unless there are none or
+    some lie beyond the vocabulary: then why the row is skipped. The rule of every engine."""
     if not ids.size:
-        return Skipped(rec.source, rec.row, no_tokens(rec.ids is not None))
-    if vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        return Skipped(rec.source, rec.row, f"token ids outside [0, {vocab_size}): wrong "
-                                            "tokenizer?")
+        return Skipped(source, row, no_tokens(from_ids))
+    if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
+        return Skipped(source, row, f"token ids outside [0, {vocab_size}): wrong tokenizer?")
     return ids
 
 
@@ -319,4 +331,4 @@ def detect_corpus(
 
 __all__ = ["CorpusReader", "Record", "Skipped", "detect_corpus", "id_list_problem",
            "input_kind", "json_line", "no_tokens", "open_parquet", "out_of_range", "range_problem",
-           "read_text_file", "record_ids"]
+           "read_text_file", "record_ids", "text_ids", "usable_ids", "usable_records"]

@@ -43,11 +43,12 @@ from fingerprint.detect.corpus import (
     Skipped,
     input_kind,
     json_line,
-    no_tokens,
     open_parquet,
     out_of_range,
     range_problem,
     read_text_file,
+    text_ids,
+    usable_ids,
 )
 from fingerprint.detect.detector import (
     DetectionResult,
@@ -58,7 +59,6 @@ from fingerprint.detect.detector import (
     pack_batches,
 )
 from fingerprint.detect.normalize import NormalizeConfig
-from fingerprint.detect.text import encode_text
 from fingerprint.detect.tuples import TupleSet, select_positions
 from fingerprint.errors import ConfigError, InputError
 
@@ -289,22 +289,12 @@ class UnitReader:
 
     def _ids(self, unit: Unit, item: _Row, chunk: Chunk) -> np.ndarray | None:
         if item.ids is not None:
-            ids = item.ids
+            ids = usable_ids(item.ids, unit.path, item.row, True, self.vocab_size)
         else:
-            if self.tokenizer is None:
-                raise InputError(f"{unit.path} row {item.row} is text: give a tokenizer")
-            try:
-                ids = encode_text(item.text or "", self.tokenizer, normalize=self.normalize).ids
-            except InputError as err:
-                chunk.skipped.append(Skipped(unit.path, item.row, str(err)))
-                return None
-        if not ids.size:
-            chunk.skipped.append(Skipped(unit.path, item.row, no_tokens(item.ids is not None)))
-            return None
-        v = self.vocab_size
-        if v is not None and ids.size and (ids.min() < 0 or ids.max() >= v):
-            chunk.skipped.append(Skipped(unit.path, item.row,
-                                         f"token ids outside [0, {v}): wrong tokenizer?"))
+            ids = text_ids(item.text or "", self.tokenizer, self.normalize, unit.path, item.row,
+                           self.vocab_size)
+        if isinstance(ids, Skipped):
+            chunk.skipped.append(ids)
             return None
         return ids
 
