@@ -157,7 +157,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     out_path = check_output(args.out)
     report = load_report(args.report)
     status = signature_status(report, args.public_key)
-    out = write_html(report, out_path, public_key=args.public_key)
+    out = write_html(report, out_path, public_key=args.public_key, signature=status)
     print(f"wrote {out}")
     print(status["text"], file=sys.stderr if status["state"] == "invalid" else sys.stdout)
     return EXIT_FAILED if status["state"] == "invalid" else EXIT_OK

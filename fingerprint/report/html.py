@@ -214,8 +214,10 @@ def _ci_bar(results: Mapping[str, Any]) -> dict[str, float] | None:
 
 
 def render_html(report: Mapping[str, Any], *,
-                public_key: str | os.PathLike[str] | None = None) -> str:
-    """The report as a self-contained HTML page (a string)."""
+                public_key: str | os.PathLike[str] | None = None,
+                signature: Mapping[str, str] | None = None) -> str:
+    """The report as a self-contained HTML page (a string). ``signature``: the state
+    :func:`signature_status` already gave for this report and ``public_key``, if known."""
     jinja2, _ = _imports()
     body = {k: v for k, v in report.items() if k != "signature"}
     check_structure(body)
@@ -248,18 +250,21 @@ def render_html(report: Mapping[str, Any], *,
         "text_rows": _flatten(report.get("text") or {}),
         "env_rows": _flatten(report.get("environment") or {}),
         "timing_rows": _flatten(report.get("timing") or {}),
-        "signature": signature_status(report, public_key),
+        "signature": signature if signature is not None else signature_status(report,
+                                                                               public_key),
     }
     return env.get_template(TEMPLATE).render(**ctx)
 
 
 def write_html(report: Mapping[str, Any] | str | os.PathLike[str],
                out: str | os.PathLike[str], *,
-               public_key: str | os.PathLike[str] | None = None) -> Path:
+               public_key: str | os.PathLike[str] | None = None,
+               signature: Mapping[str, str] | None = None) -> Path:
     """Render ``report`` (a dict or a report file) to the HTML file ``out``."""
     data = report if isinstance(report, Mapping) else load_report(report)
     path = Path(out)
-    path.write_text(render_html(data, public_key=public_key), encoding="utf-8")
+    path.write_text(render_html(data, public_key=public_key, signature=signature),
+                    encoding="utf-8")
     return path
 
 
