@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -20,7 +18,8 @@ from fingerprint.detect.detector import SCHEMES, DetectorConfig
 from fingerprint.detect.tuples import DEDUP_POLICIES
 from fingerprint.errors import ConfigError
 from fingerprint.keys import WatermarkKey
-from fingerprint.report.model import DEFAULT_SIGNIFICANCE
+from fingerprint.report.model import DEFAULT_SIGNIFICANCE, verdict_decision
+from fingerprint.report.model import file_digest as report_file_digest
 
 
 def add_parsers(sub: Any) -> None:
@@ -101,25 +100,22 @@ def significance_level(text: str) -> float:
 
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return report_file_digest(path)[0]
+
+
+_SENTENCES = {
+    "no_evidence": "NO EVIDENCE: nothing was scored, so H0 cannot be tested either way",
+    "inconclusive": "INCONCLUSIVE: the controls failed calibration, the p-value cannot be "
+                    "relied on",
+    "reject": "REJECTED: the suspect's outputs carry the watermark",
+    "not_rejected": "not rejected: no evidence the suspect was trained on watermarked text",
+}
 
 
 def verdict(res: AuditResult, significance: float) -> tuple[str, str]:
     """(decision, sentence) at ``significance``: the decision is the report's verdict."""
-    d = res.detection
-    if d.no_evidence or d.n_scored == 0:
-        return "no_evidence", ("NO EVIDENCE: nothing was scored, so H0 cannot be tested either "
-                               "way")
-    if not res.controls.calibrated:
-        return "inconclusive", ("INCONCLUSIVE: the controls failed calibration, the p-value "
-                                "cannot be relied on")
-    if d.log10_pvalue <= math.log10(significance):
-        return "reject", "REJECTED: the suspect's outputs carry the watermark"
-    return "not_rejected", "not rejected: no evidence the suspect was trained on watermarked text"
+    decision = verdict_decision(res.detection, significance, res.controls.calibrated)
+    return decision, _SENTENCES[decision]
 
 
 def _why_nothing_scored(res: AuditResult) -> str:

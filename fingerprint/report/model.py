@@ -438,28 +438,38 @@ def format_pvalue(log10_p: float, digits: int = 3) -> str:
     return f"{mant:.{digits - 1}f}e{exp}"
 
 
-def _verdict(result: Any, significance: float, null: str, *, calibrated: bool | None
-             ) -> dict[str, Any]:
+def verdict_decision(result: Any, significance: float, calibrated: bool | None) -> str:
+    """The verdict on a detection ``result`` at ``significance``: ``no_evidence`` (nothing
+    scored), ``inconclusive`` (the controls failed calibration), ``reject`` (log10 p at or
+    below log10 of the level) or ``not_rejected``. The rule of every report and summary."""
     if not 0.0 < significance < 1.0:
         raise ReportError(f"significance must lie strictly between 0 and 1, got {significance}")
+    if result.no_evidence:
+        return "no_evidence"
+    if calibrated is False:
+        return "inconclusive"
+    if float(result.log10_pvalue) <= math.log10(significance):
+        return "reject"
+    return "not_rejected"
+
+
+def _verdict(result: Any, significance: float, null: str, *, calibrated: bool | None
+             ) -> dict[str, Any]:
+    decision = verdict_decision(result, significance, calibrated)
     lp = float(result.log10_pvalue)
     threshold = math.log10(significance)
     p_text = f"p = {format_pvalue(lp)}"
     counts = f"{result.n_scored:,} scored tuples"
-    if result.no_evidence:
-        decision = "no_evidence"
+    if decision == "no_evidence":
         sentence = (f"No evidence either way: nothing was scored, so the null hypothesis H0 "
                     f"({null}) cannot be tested.")
-    elif calibrated is False:
-        decision = "inconclusive"
+    elif decision == "inconclusive":
         sentence = (f"Inconclusive: the control keys failed calibration, so {p_text} "
                     f"(log10 p = {lp:.2f}, {counts}) cannot be relied on to test H0 ({null}).")
-    elif lp <= threshold:
-        decision = "reject"
+    elif decision == "reject":
         sentence = (f"The null hypothesis H0 ({null}) is rejected at significance level "
                     f"{significance:g}: {p_text}, log10 p = {lp:.2f}, over {counts}.")
     else:
-        decision = "not_rejected"
         sentence = (f"The null hypothesis H0 ({null}) is not rejected at significance level "
                     f"{significance:g}: {p_text}, log10 p = {lp:.2f}, over {counts}. This is "
                     "absence of evidence, not evidence that H0 is true.")
@@ -621,17 +631,17 @@ def report_from_audit(
     cfg = dict(result.config)
     extra: dict[str, Any] = {"top_k": cfg.get("top_k"), "max_length": cfg.get("max_length")}
     if result.mode == "closed":
+        phi = result.inputs.get("filter_phi")  # the teacher is an input of the filter only
         if normalize is None:  # what audit_closed applies when given none
             from fingerprint.detect.normalize import NormalizeConfig
 
             normalize = NormalizeConfig()
         extra["filters"] = {
             "exclude_prompt_windows": cfg.get("exclude_prompt_windows", True),
-            "filter_phi": result.inputs.get("filter_phi"),
+            "filter_phi": phi,
             "filter_top_n": cfg.get("filter_top_n")}
-        filtered = result.inputs.get("filter_phi") is not None  # the teacher fed the filter
         params = {"answers": roles.get("answers"), "prompts": roles.get("prompts"),
-                  "teacher": roles.get("teacher") if filtered else None,
+                  "teacher": roles.get("teacher") if phi is not None else None,
                   "filter_top_n": cfg.get("filter_top_n"),
                   "normalize": {k: v for k, v in normalize.to_dict().items()
                                 if not k.endswith("_data")}}
@@ -704,4 +714,5 @@ __all__ = [
     "report_from_audit",
     "report_from_detection",
     "tokenizer_digest",
+    "verdict_decision",
 ]
