@@ -473,7 +473,7 @@ def insert_prompt_gap(x: np.ndarray, mask: np.ndarray | None, start: np.ndarray 
     shift = np.where(first > 0, gap, 0)
     cols = np.arange(t)[None, :]
     new_cols = cols + np.where(cols >= first, shift, 0)  # [B, T]
-    rows = np.repeat(np.arange(b)[:, None], t, axis=1)
+    rows = np.arange(b)[:, None]
 
     def moved(a: np.ndarray) -> np.ndarray:
         out = np.zeros((b, t + gap, *a.shape[2:]), dtype=a.dtype)
